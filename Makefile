@@ -1,0 +1,34 @@
+# sessionpulse: `make help` lists the targets the README talks about.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-unit test-integration clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the service with its test tools
+
+run: $(STAMP) ## run everything on embedded Kafka (tansu) and Redis (valkey) with demo traffic
+	$(PY) -m service dev --demo
+
+test: $(STAMP) ## unit + integration tests (starts its own broker and Redis on free ports)
+	$(PY) -m pytest
+
+test-unit: $(STAMP) ## only the pure-core unit tests
+	$(PY) -m pytest tests/unit
+
+test-integration: $(STAMP) ## only the tests against a real broker and Redis
+	$(PY) -m pytest tests/integration
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

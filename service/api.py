@@ -1,0 +1,316 @@
+"""`python -m service api`: the read API over Redis state (CONTRACT 7), with health and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import constants as C
+from .core import shapes
+from .core.model import PeerView, SessionView
+from .core.timeutil import parse_iso_ms
+from .outbox import content_hash
+from .runtime import Runtime, build_runtime, configure_logging
+from .store import view_from_raw
+
+log = logging.getLogger("service.api")
+
+PageNo = Annotated[int, Query(ge=1, description="page number, from 1")]
+PerPage = Annotated[int, Query(ge=1, le=100, description="items per page, at most 100")]
+
+
+class JSON(Response):
+    """JSON bodies encoded with orjson."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status, self.code, self.message = status, code, message
+
+
+def _ok(data: Any, paging: dict[str, int] | None = None) -> JSON:
+    body: dict[str, Any] = {"success": True, "data": data}
+    if paging is not None:
+        body["paging"] = paging
+    return JSON(body)
+
+
+def _paging(total: int, page_no: int, per_page: int, count: int) -> dict[str, int]:
+    start = (page_no - 1) * per_page
+    return {
+        "total_count": total,
+        "start_offset": start + 1 if count else 0,
+        "end_offset": start + count if count else 0,
+    }
+
+
+def _not_found(what: str) -> ApiError:
+    return ApiError(404, "not_found", f"{what} not found")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _iso_param(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_iso_ms(value)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_request", f"{name} must be an ISO-8601 timestamp") from exc
+
+
+class Readiness:
+    """Kafka reachability, checked in the background so a probe never waits on a dead broker."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.kafka_ok = False
+        self.kafka_error = "not checked yet"
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                if not self.kafka_ok:
+                    await self.rt.broker.connect()
+                self.kafka_ok = await self.rt.broker.ping(timeout=5.0)
+                self.kafka_error = "" if self.kafka_ok else "broker did not answer"
+                backoff = 5.0
+            except Exception as exc:
+                if self.kafka_ok or self.kafka_error != str(exc):
+                    log.warning("Kafka at %s unreachable: %s", self.rt.settings.kafka_bootstrap_servers, exc)
+                self.kafka_ok, self.kafka_error = False, str(exc) or type(exc).__name__
+                backoff = min(backoff * 2, 30.0)
+            await asyncio.sleep(backoff)
+
+
+def create_app(rt: Runtime | None = None) -> FastAPI:
+    rt = rt or build_runtime()
+    readiness = Readiness(rt)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(readiness.run())
+        log.info("api serving on http://%s:%d", rt.settings.http_host, rt.settings.http_port)
+        if rt.settings.api_keys is None:
+            log.warning(
+                "API_KEYS is not set: the read API is open to anyone who can reach it (development only)"
+            )
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(Exception):
+                await rt.broker.stop()
+            await rt.redis.aclose()
+
+    app = FastAPI(
+        title="sessionpulse",
+        version="0.1.0",
+        description="Live session state from Kafka: sessions, participants, summaries.",
+        lifespan=lifespan,
+        default_response_class=JSON,
+    )
+    store = rt.store
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> Response:
+        return JSON(
+            {"success": False, "error": {"code": exc.code, "message": exc.message}}, status_code=exc.status
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path"))
+        return JSON(
+            {
+                "success": False,
+                "error": {"code": "invalid_request", "message": f"{where}: {first.get('msg')}"},
+            },
+            status_code=400,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        return JSON(
+            {"success": False, "error": {"code": "http_error", "message": str(exc.detail)}},
+            status_code=exc.status_code,
+        )
+
+    async def load(session_id: str) -> tuple[SessionView, dict[bytes, bytes], dict[str, dict[int, str]]]:
+        got = await store.read_view(session_id)
+        if got is None:
+            raise _not_found("session")
+        return got
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> Response:
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(rt.redis.ping(), timeout=2.0)
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unreachable: {exc}"
+        checks["kafka"] = "ok" if readiness.kafka_ok else f"unreachable: {readiness.kafka_error}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSON({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/v1/sessions", tags=["sessions"])
+    async def list_sessions(
+        status: Literal["LIVE", "ENDED"] | None = None,
+        type: Literal["meeting", "livestream", "participant"] | None = None,
+        associated_id: str | None = None,
+        organization_id: str | None = None,
+        start_time: str | None = Query(None, description="ISO-8601; sessions started at or after"),
+        end_time: str | None = Query(None, description="ISO-8601; sessions started at or before"),
+        page_no: PageNo = 1,
+        per_page: PerPage = 20,
+    ) -> JSON:
+        lo, hi = _iso_param("start_time", start_time), _iso_param("end_time", end_time)
+        wanted = {
+            b"status": status,
+            b"type": type,
+            b"associated_id": associated_id,
+            b"organization_id": organization_id,
+        }
+        filters = {k: v.encode() for k, v in wanted.items() if v is not None}
+        ids = await _matching_ids(rt, lo, hi, filters)
+        start = (page_no - 1) * per_page
+        page = ids[start : start + per_page]
+        raws = await asyncio.gather(*(store.read_raw(sid, events=False) for sid in page))
+        now = _now_ms()
+        sessions = [
+            shapes.session_object(view_from_raw(sid, raw), now)
+            for sid, raw in zip(page, raws, strict=True)
+            if raw is not None
+        ]
+        return _ok({"sessions": sessions}, _paging(len(ids), page_no, per_page, len(sessions)))
+
+    @app.get("/v1/sessions/{session_id}", tags=["sessions"])
+    async def get_session(session_id: str) -> JSON:
+        view, _, _ = await load(session_id)
+        return _ok(shapes.session_object(view, _now_ms()))
+
+    @app.get("/v1/sessions/{session_id}/participants", tags=["participants"])
+    async def list_participants(
+        session_id: str,
+        include_peer_events: bool = False,
+        page_no: PageNo = 1,
+        per_page: PerPage = 20,
+    ) -> JSON:
+        view, _, events = await load(session_id)
+        ordered = shapes.participants_in_order(view)
+        start = (page_no - 1) * per_page
+        page = ordered[start : start + per_page]
+        now = _now_ms()
+        out = [shapes.participant_object(p, now) for p in page]
+        if include_peer_events:
+            for obj, peer in zip(out, page, strict=True):
+                obj["peer_events"] = _peer_events(peer, events)
+        return _ok({"participants": out}, _paging(len(ordered), page_no, per_page, len(out)))
+
+    @app.get("/v1/sessions/{session_id}/participants/{participant_id}", tags=["participants"])
+    async def get_participant(
+        session_id: str, participant_id: str, include_peer_events: bool = False
+    ) -> JSON:
+        view, _, events = await load(session_id)
+        peer = view.peers.get(participant_id)
+        if peer is None:
+            raise _not_found("participant")
+        obj = shapes.participant_object(peer, _now_ms())
+        if include_peer_events:
+            obj["peer_events"] = _peer_events(peer, events)
+        return _ok({"participant": obj})
+
+    @app.get("/v1/sessions/{session_id}/report", tags=["sessions"])
+    async def report(session_id: str) -> JSON:
+        view, raw, _ = await load(session_id)
+        content = shapes.session_summary(view, _now_ms())
+        revision: int | None = None
+        if view.status == "ENDED":
+            stored_rev = int(raw.get(b"summary_rev", b"0"))
+            same = raw.get(b"summary_hash", b"").decode() == content_hash(content)
+            revision = stored_rev if same and stored_rev else stored_rev + 1
+        return _ok({"message_id": shapes.summary_message_id(session_id), "revision": revision, **content})
+
+    return app
+
+
+def _peer_events(peer: PeerView, events: dict[str, dict[int, str]]) -> list[Any]:
+    """The peer's applied events as received, in time order (seed 003 PeerEvent)."""
+    stored = events.get(peer.peer_id, {})
+    return [orjson.loads(stored[e]) for e in peer.events if e in stored]
+
+
+async def _matching_ids(
+    rt: Runtime, lo: int | None, hi: int | None, filters: dict[bytes, bytes]
+) -> list[str]:
+    """Session ids newest `started_at` first, within the time range and matching every filter.
+
+    Scans the time range of the index; fine for the sizes a retention window holds, and
+    the place to add per-field indexes when one organisation's history grows large.
+    """
+    redis = rt.redis
+    hi_s = "+inf" if hi is None else str(hi)
+    lo_s = "-inf" if lo is None else str(lo)
+    ids: list[str] = []
+    dangling: list[bytes] = []
+    offset, chunk = 0, 500
+    fields = list(filters)
+    while True:
+        members = await redis.zrevrangebyscore(C.IDX_SESSIONS, hi_s, lo_s, start=offset, num=chunk)
+        if not members:
+            break
+        offset += len(members)
+        pipe = redis.pipeline(transaction=False)
+        for m in members:
+            pipe.hmget(C.session_keys(m.decode())[0], [b"status", *fields])
+        rows = await pipe.execute()
+        for m, row in zip(members, rows, strict=True):
+            if row[0] is None:
+                dangling.append(m)  # the session expired after its retention
+                continue
+            if all(row[i + 1] == filters[f] for i, f in enumerate(fields)):
+                ids.append(m.decode())
+    if dangling:
+        await redis.zrem(C.IDX_SESSIONS, *dangling)
+    return ids
+
+
+def main() -> int:
+    import uvicorn
+
+    rt = build_runtime()
+    configure_logging(rt.settings.log_level)
+    uvicorn.run(
+        create_app(rt),
+        host=rt.settings.http_host,
+        port=rt.settings.http_port,
+        log_level=rt.settings.log_level.lower(),
+        access_log=False,
+    )
+    return 0

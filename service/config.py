@@ -1,0 +1,58 @@
+"""Configuration: one frozen settings object, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every variable the service reads; README's configuration table mirrors this class."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = "localhost:9092"
+    redis_url: str = "redis://localhost:6379/0"
+    redis_cluster: bool = False
+    consumer_group: str = "sessions-worker"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    idle_timeout_seconds: float = Field(default=600, gt=0)
+    rtk_webhook_public_key: SecretStr | None = None
+    livepeer_webhook_secret: SecretStr | None = None
+    api_keys: SecretStr | None = None
+    topic_prefix: str = ""
+
+    # Beyond the contract's fixed names.
+    retention_seconds: int = Field(default=7 * 24 * 3600, gt=0)
+    kafka_enable_idempotence: bool = False
+    kafka_client_id: str = "sessionpulse"
+    batch_max_records: int = Field(default=5000, ge=1)
+    batch_timeout_ms: int = Field(default=50, ge=0)
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    outbox_interval_seconds: float = Field(default=0.5, gt=0)
+    redis_retry_max_seconds: float = Field(default=30.0, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _no_spaces(cls, v: str) -> str:
+        if any(ch.isspace() for ch in v):
+            raise ValueError("TOPIC_PREFIX must not contain white space")
+        return v
+
+    @cached_property
+    def bootstrap_list(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()]
+
+    @property
+    def idle_timeout_ms(self) -> int:
+        return int(self.idle_timeout_seconds * 1000)
+
+    @property
+    def retention_ms(self) -> int:
+        return self.retention_seconds * 1000

@@ -1,0 +1,72 @@
+"""Names shared by Python and Lua: Kafka topics and every Redis key (docs/redis-keys.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Inbound topics (CONTRACT section 2).
+RTK_SESSIONS = "rtk.sessions"
+RTK_PEER_EVENTS = "rtk.peer-events"
+RTK_PEER_REPORTS = "rtk.peer-reports"
+RTK_WEBHOOKS = "rtk.webhooks"
+LIVEPEER_SESSIONS = "livepeer.sessions"
+LIVEPEER_WEBHOOKS = "livepeer.webhooks"
+
+# Outbound topics.
+SUMMARIES = "sessions.summaries"
+TRANSCRIPT_READY = "sessions.transcript-ready"
+SUMMARY_REQUESTS = "sessions.summary-requests"
+DEAD_LETTER = "sessions.dead-letter"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names with TOPIC_PREFIX applied."""
+
+    prefix: str = ""
+
+    def name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def rtk_sessions(self) -> str:
+        return self.name(RTK_SESSIONS)
+
+    @property
+    def rtk_peer_events(self) -> str:
+        return self.name(RTK_PEER_EVENTS)
+
+    @property
+    def summaries(self) -> str:
+        return self.name(SUMMARIES)
+
+    @property
+    def dead_letter(self) -> str:
+        return self.name(DEAD_LETTER)
+
+    def strip(self, topic: str) -> str:
+        """The contract name of a (prefixed) topic."""
+        return topic[len(self.prefix) :] if self.prefix and topic.startswith(self.prefix) else topic
+
+
+# Redis keys. Every key of one session carries the hash tag {<session id>} so a
+# session's update is one atomic script on one Redis Cluster node; the global
+# indexes are written separately (and idempotently) by the worker.
+KEY_PREFIX = "sp"
+
+
+def session_keys(session_id: str) -> list[str]:
+    """The per-session keys, in the order the Lua scripts expect them as KEYS."""
+    tag = "{" + session_id + "}"
+    return [
+        f"{KEY_PREFIX}:{tag}:session",  # HASH  session fields and derived numbers
+        f"{KEY_PREFIX}:{tag}:pev",  # HASH  peer id -> sorted compact event list
+        f"{KEY_PREFIX}:{tag}:piv",  # HASH  peer id -> connection intervals
+        f"{KEY_PREFIX}:{tag}:events",  # HASH  dedupe key -> peer event JSON as received
+        f"{KEY_PREFIX}:{tag}:ids",  # SET   peer event ids and session message digests seen
+    ]
+
+
+IDX_SESSIONS = f"{KEY_PREFIX}:idx:sessions"  # ZSET session id by started_at ms
+IDX_LIVE = f"{KEY_PREFIX}:idx:live"  # ZSET live session id by newest event ms
+OUTBOX = f"{KEY_PREFIX}:outbox"  # ZSET session id with outbound messages due, by enqueue ms

@@ -1,0 +1,1 @@
+"""The pure core: the CONTRACT section 4 rules as plain Python, with no I/O."""

@@ -1,0 +1,259 @@
+"""Commands the worker applies, the read-side view of a session, and an in-memory reference model.
+
+The Redis scripts are the production implementation of these rules; the
+reference model is the plain, obviously-correct one that tests and the bench
+compare Redis against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from .intervals import (
+    MS_PER_MINUTE,
+    Interval,
+    Totals,
+    connected_ms,
+    decode,
+    encode,
+    peer_intervals,
+    totals,
+)
+
+DETAIL_FIELDS = ("display_name", "custom_participant_id", "user_id", "preset_name")
+META_FIELDS = (
+    "associated_id",
+    "meeting_display_name",
+    "organization_id",
+    "type",
+    "breakout_rooms",
+    "created_at",
+)
+
+Outcome = Literal["applied", "duplicate"]
+
+
+@dataclass(frozen=True)
+class PeerEvent:
+    """A peer connection event, already validated; ``raw_json`` is the message as received."""
+
+    session_id: str
+    event_id: str
+    peer_id: str
+    code: int
+    t_ms: int
+    raw_json: str
+
+    @property
+    def encoded(self) -> int:
+        return encode(self.t_ms, self.code)
+
+
+@dataclass(frozen=True)
+class SessionMessage:
+    """An `rtk.sessions` message, already validated; ``digest`` breaks ties between equal times."""
+
+    session_id: str
+    status: Literal["LIVE", "ENDED"]
+    updated_ms: int
+    started_ms: int
+    ended_ms: int | None
+    meta_json: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class PeerView:
+    peer_id: str
+    intervals: list[Interval]
+    events: list[int]
+    details: Mapping[str, Any]
+
+    @property
+    def created_ms(self) -> int:
+        return decode(self.events[0])[0]
+
+    @property
+    def updated_ms(self) -> int:
+        return decode(self.events[-1])[0]
+
+    @property
+    def joined_ms(self) -> int | None:
+        return self.intervals[0][0] if self.intervals else None
+
+    @property
+    def left_ms(self) -> int | None:
+        if not self.intervals or self.intervals[-1][1] is None:
+            return None
+        return self.intervals[-1][1]
+
+    def duration_minutes(self, now_ms: int) -> float:
+        return connected_ms(self.intervals, now_ms) / MS_PER_MINUTE
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """Everything the read API and the summary need to know about one session."""
+
+    session_id: str
+    status: Literal["LIVE", "ENDED"]
+    started_ms: int
+    ended_ms: int | None
+    end_reason: str | None
+    updated_ms: int
+    meta: Mapping[str, Any]
+    peers: Mapping[str, PeerView]
+    totals: Totals
+
+    def live_participants(self) -> int:
+        return 0 if self.status == "ENDED" else self.totals.open_count
+
+    def minutes_at(self, now_ms: int) -> float:
+        """minutes_consumed; while LIVE, open intervals count up to ``now_ms``."""
+        return sum(connected_ms(p.intervals, now_ms) for p in self.peers.values()) / MS_PER_MINUTE
+
+
+def event_details(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The participant details a peer event carries alongside (CONTRACT 2, `rtk.peer-events`)."""
+    return {f: event[f] for f in DETAIL_FIELDS if event.get(f) is not None}
+
+
+def _newest_details(events: Mapping[int, str]) -> dict[str, Any]:
+    """Details from the newest applied event that carries any; equal times ordered by content."""
+    best: tuple[int, str] | None = None
+    best_details: dict[str, Any] = {}
+    for enc, raw in events.items():
+        details = event_details(orjson.loads(raw))
+        if not details:
+            continue
+        key = (decode(enc)[0], orjson.dumps(details, option=orjson.OPT_SORT_KEYS).decode())
+        if best is None or key > best:
+            best, best_details = key, details
+    return best_details
+
+
+def build_view(
+    session_id: str,
+    *,
+    status: Literal["LIVE", "ENDED"],
+    started_ms: int | None,
+    ended_ms: int | None,
+    end_reason: str | None,
+    updated_ms: int,
+    meta: Mapping[str, Any],
+    stored_events: Mapping[str, Mapping[int, str]],
+    stored_intervals: Mapping[str, list[Interval]] | None = None,
+    stored_totals: Totals | None = None,
+) -> SessionView:
+    """The view of a session from its stored facts; shared by the model and the Redis reader.
+
+    ``stored_events`` maps each peer to its events (encoded time and kind -> JSON as
+    received). The Redis reader passes the intervals and totals the scripts stored, so
+    that what the API shows is what Redis holds; the reference model lets this derive them.
+    """
+    peers: dict[str, PeerView] = {}
+    # Stored intervals list exactly the participant rows; without them, a peer is a row
+    # when at least one of its events was applied (none after the end).
+    peer_ids = stored_intervals.keys() if stored_intervals is not None else stored_events.keys()
+    for peer_id in peer_ids:
+        events = stored_events.get(peer_id, {})
+        applied = {e: raw for e, raw in events.items() if ended_ms is None or decode(e)[0] <= ended_ms}
+        if stored_intervals is None and not applied:
+            continue
+        encoded = sorted(applied)
+        intervals = (
+            stored_intervals[peer_id] if stored_intervals is not None else peer_intervals(encoded, ended_ms)
+        )
+        peers[peer_id] = PeerView(
+            peer_id=peer_id,
+            intervals=intervals,
+            events=encoded,
+            details=_newest_details(applied),
+        )
+    if started_ms is None:
+        raise ValueError(f"session {session_id!r} has no start: no session message and no event")
+    return SessionView(
+        session_id=session_id,
+        status=status,
+        started_ms=started_ms,
+        ended_ms=ended_ms,
+        end_reason=end_reason,
+        updated_ms=updated_ms,
+        meta=meta,
+        peers=peers,
+        totals=stored_totals or totals({pid: p.intervals for pid, p in peers.items()}),
+    )
+
+
+@dataclass
+class ReferenceSession:
+    """One session under the CONTRACT rules, applied in memory in any order."""
+
+    session_id: str
+    ids: set[str] = field(default_factory=set)
+    events: dict[str, dict[int, str]] = field(default_factory=dict)
+    meta: SessionMessage | None = None
+    explicit_end: tuple[int, int] | None = None  # (updated_ms of the ENDED message, ended_ms)
+    idle_end_ms: int | None = None
+    last_ms: int = 0
+
+    def apply_peer_event(self, ev: PeerEvent) -> Outcome:
+        peer_events = self.events.setdefault(ev.peer_id, {})
+        if ev.event_id in self.ids:
+            return "duplicate"
+        self.ids.add(ev.event_id)
+        if ev.encoded in peer_events:
+            # The same fact under another id: keep the greatest copy, whatever the order.
+            peer_events[ev.encoded] = max(peer_events[ev.encoded], ev.raw_json)
+            return "duplicate"
+        peer_events[ev.encoded] = ev.raw_json
+        self.last_ms = max(self.last_ms, ev.t_ms)
+        return "applied"
+
+    def apply_session_message(self, msg: SessionMessage) -> Outcome:
+        if "S:" + msg.digest in self.ids:
+            return "duplicate"
+        self.ids.add("S:" + msg.digest)
+        if self.meta is None or (msg.updated_ms, msg.digest) > (self.meta.updated_ms, self.meta.digest):
+            self.meta = msg
+        if msg.status == "ENDED" and msg.ended_ms is not None:
+            candidate = (msg.updated_ms, msg.ended_ms)
+            if self.explicit_end is None or candidate > self.explicit_end:
+                self.explicit_end = candidate
+        self.last_ms = max(self.last_ms, msg.updated_ms)
+        return "applied"
+
+    @property
+    def ended_ms(self) -> int | None:
+        return self.explicit_end[1] if self.explicit_end else self.idle_end_ms
+
+    def end_idle(self, now_ms: int, idle_timeout_ms: int) -> bool:
+        """The idle rule (4.4); True when it ended the session."""
+        if self.ended_ms is not None or self.last_ms >= now_ms - idle_timeout_ms:
+            return False
+        if self.view().totals.open_count:
+            return False
+        self.idle_end_ms = self.last_ms
+        return True
+
+    def view(self) -> SessionView:
+        ended = self.ended_ms
+        meta: dict[str, Any] = orjson.loads(self.meta.meta_json) if self.meta else {}
+        if "breakout_rooms" in meta:
+            meta["breakout_rooms"] = orjson.loads(meta["breakout_rooms"])
+        # started_at: the session message's, else the earliest event (the scripts do the same).
+        first = min((decode(e)[0] for evs in self.events.values() for e in evs), default=None)
+        return build_view(
+            self.session_id,
+            status="ENDED" if ended is not None else "LIVE",
+            started_ms=self.meta.started_ms if self.meta else first,
+            ended_ms=ended,
+            end_reason=None if ended is None else ("ended" if self.explicit_end else "idle_timeout"),
+            updated_ms=max(self.last_ms, ended or 0),
+            meta=meta,
+            stored_events=self.events,
+        )

@@ -1,0 +1,103 @@
+"""Outward shapes: seed-003 Session and Participant objects, the CONTRACT-6 SessionSummary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .model import PeerView, SessionView
+from .timeutil import iso_ms, iso_or_none, parse_iso_ms
+
+
+def session_object(view: SessionView, now_ms: int) -> dict[str, Any]:
+    """A RealtimeKit Session (seed 003); a LIVE session's minutes count up to ``now_ms``."""
+    meta = view.meta
+    out: dict[str, Any] = {
+        "id": view.session_id,
+        "associated_id": meta.get("associated_id"),
+        "created_at": iso_ms(parse_iso_ms(meta["created_at"]) if meta.get("created_at") else view.started_ms),
+        "live_participants": view.live_participants(),
+        "max_concurrent_participants": view.totals.peak,
+        "meeting_display_name": meta.get("meeting_display_name"),
+        "minutes_consumed": view.minutes_at(now_ms),
+        "organization_id": meta.get("organization_id"),
+        "started_at": iso_ms(view.started_ms),
+        "status": view.status,
+        "type": meta.get("type"),
+        "updated_at": iso_ms(view.updated_ms),
+    }
+    if meta.get("breakout_rooms") is not None:
+        out["breakout_rooms"] = meta["breakout_rooms"]
+    if view.ended_ms is not None:
+        out["ended_at"] = iso_ms(view.ended_ms)
+    return out
+
+
+def participant_object(peer: PeerView, now_ms: int) -> dict[str, Any]:
+    """A RealtimeKit Participant (seed 003); its ``id`` is the peer id (CONTRACT 4.1)."""
+    d = peer.details
+    return {
+        "id": peer.peer_id,
+        "created_at": iso_ms(peer.created_ms),
+        "custom_participant_id": d.get("custom_participant_id"),
+        "display_name": d.get("display_name"),
+        "duration": peer.duration_minutes(now_ms),
+        "joined_at": iso_or_none(peer.joined_ms),
+        "left_at": iso_or_none(peer.left_ms),
+        "preset_name": d.get("preset_name"),
+        "updated_at": iso_ms(peer.updated_ms),
+        "user_id": d.get("user_id"),
+    }
+
+
+def participants_in_order(view: SessionView) -> list[PeerView]:
+    """Participants by join time (never-joined last), then id: a stable order for pages."""
+    return sorted(
+        view.peers.values(),
+        key=lambda p: (p.joined_ms is None, p.joined_ms or 0, p.peer_id),
+    )
+
+
+def summary_message_id(session_id: str) -> str:
+    return f"{session_id}:summary"
+
+
+def session_summary(view: SessionView, now_ms: int) -> dict[str, Any]:
+    """The SessionSummary content (CONTRACT 6) without ``message_id`` and ``revision``.
+
+    For an ENDED session it depends on the stored facts only, so every rebuild
+    gives the same bytes; a LIVE session is reported as if it ended at ``now_ms``.
+    """
+    end = view.ended_ms if view.ended_ms is not None else now_ms
+    meta = view.meta
+    participants = []
+    for peer in participants_in_order(view):
+        left = peer.left_ms if peer.left_ms is not None or view.ended_ms is not None else None
+        if left is None and peer.intervals and view.ended_ms is None:
+            left = now_ms  # the report of a live session closes open intervals now
+        participants.append(
+            {
+                "id": peer.peer_id,
+                "user_id": peer.details.get("user_id"),
+                "custom_participant_id": peer.details.get("custom_participant_id"),
+                "display_name": peer.details.get("display_name"),
+                "joined_at": iso_or_none(peer.joined_ms),
+                "left_at": iso_or_none(left),
+                "duration": peer.duration_minutes(end),
+            }
+        )
+    return {
+        "session_id": view.session_id,
+        "source": "realtimekit",
+        "type": meta.get("type"),
+        "associated_id": meta.get("associated_id"),
+        "title": meta.get("meeting_display_name"),
+        "organization_id": meta.get("organization_id"),
+        "started_at": iso_ms(view.started_ms),
+        "ended_at": iso_ms(end),
+        "duration_seconds": max(0, end - view.started_ms) / 1000,
+        "end_reason": view.end_reason,
+        "participants_total": len(view.peers),
+        "max_concurrent_participants": view.totals.peak,
+        "minutes_consumed": view.minutes_at(end),
+        "participants": participants,
+    }

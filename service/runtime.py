@@ -1,0 +1,64 @@
+"""The composition root: builds the Redis client, the store, the broker and its publishers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+
+from faststream.kafka import KafkaBroker
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from .config import Settings
+from .constants import Topics
+from .store import Store
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # aiokafka reports every retry of an unreachable broker at ERROR; our own lines say it once.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG)
+
+
+def build_redis(settings: Settings) -> Redis:
+    common = {"socket_timeout": 10, "socket_connect_timeout": 5, "health_check_interval": 15}
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, **common)  # type: ignore[return-value]
+    return Redis.from_url(settings.redis_url, **common)
+
+
+def build_broker(settings: Settings) -> KafkaBroker:
+    return KafkaBroker(
+        settings.bootstrap_list,
+        client_id=settings.kafka_client_id,
+        acks="all",
+        # Real Kafka: on. The embedded tansu broker does not implement InitProducerId.
+        enable_idempotence=settings.kafka_enable_idempotence,
+        graceful_timeout=30.0,
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    topics: Topics
+    redis: Redis
+    store: Store
+    broker: KafkaBroker
+
+
+def build_runtime(settings: Settings | None = None) -> Runtime:
+    settings = settings or Settings()
+    redis = build_redis(settings)
+    return Runtime(
+        settings=settings,
+        topics=Topics(settings.topic_prefix),
+        redis=redis,
+        store=Store(redis, retention_ms=settings.retention_ms),
+        broker=build_broker(settings),
+    )

@@ -1,0 +1,346 @@
+"""`python -m service worker`: FastStream batch consumer that applies RealtimeKit facts to Redis.
+
+One batch is handled as: decode every record (bad ones are dead-lettered), group by
+session, one pipelined script call per session, index upkeep, then the offset commit.
+Nothing is committed before Redis holds every effect of the batch; on any retriable
+fault the whole batch is retried, which is safe because every script is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.partitioner import murmur2
+from faststream import AckPolicy, FastStream
+from faststream.kafka.annotations import KafkaMessage
+from redis import exceptions as rexc
+
+from .errors import InvalidMessage, StoreUnavailable
+from .outbox import Outbox
+from .runtime import Runtime, build_runtime, configure_logging
+from .stats import Stats
+from .store import Command, SessionError
+from .wire import decode_peer_event, decode_session
+
+log = logging.getLogger("service.worker")
+
+_LETTER_OUTCOME = {"A": "applied", "L": "applied", "D": "duplicate", "N": "applied"}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default (murmur2) key partitioner, as the Java client and aiokafka use it."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+async def _no_decode(msg: Any) -> None:
+    """The handler reads raw records itself, so FastStream's JSON decoding is skipped."""
+    return None
+
+
+class Worker:
+    """Applies batches of inbound records; never raises for bad input, retries faults."""
+
+    def __init__(self, rt: Runtime, stats: Stats | None = None) -> None:
+        self.rt = rt
+        self.stats = stats or Stats()
+        self.topics = rt.topics
+        self.stopping = asyncio.Event()
+        self.batch_lock = asyncio.Lock()
+        self.dlq = rt.broker.publisher(
+            self.topics.dead_letter,
+            title="sessions.dead-letter",
+            description="Inbound messages that could not be processed, byte for byte, with the reason in headers.",
+        )
+        self.summaries = rt.broker.publisher(
+            self.topics.summaries,
+            title="sessions.summaries",
+            description="One SessionSummary per ended session; re-issued with a higher revision on late data.",
+        )
+        self.outbox = Outbox(rt.store, self.summaries, self.stats)
+        self.consumer: Any = None  # the aiokafka consumer, once FastStream has started it
+        self.last_batch_full = False
+        self._decoders = {
+            self.topics.rtk_sessions: lambda r: decode_session(r.value),
+            self.topics.rtk_peer_events: lambda r: decode_peer_event(r.value, r.key),
+        }
+
+    # --- the batch path ----------------------------------------------------------------
+
+    def decode(
+        self, records: Sequence[ConsumerRecord]
+    ) -> tuple[
+        dict[str, list[Command]], dict[str, list[ConsumerRecord]], list[tuple[ConsumerRecord, InvalidMessage]]
+    ]:
+        """Group valid records by session; collect invalid ones with their reason."""
+        by_session: dict[str, list[Command]] = defaultdict(list)
+        sources: dict[str, list[ConsumerRecord]] = defaultdict(list)
+        bad: list[tuple[ConsumerRecord, InvalidMessage]] = []
+        for rec in records:
+            try:
+                cmd = self._decoders[rec.topic](rec)
+            except InvalidMessage as exc:
+                bad.append((rec, exc))
+                continue
+            by_session[cmd.session_id].append(cmd)
+            sources[cmd.session_id].append(rec)
+        return by_session, sources, bad
+
+    async def process(self, records: Sequence[ConsumerRecord]) -> None:
+        """Apply one batch; returns only when every effect is in Redis (or dead-lettered)."""
+        for rec in records:
+            self.stats.add("consumed", self.topics.strip(rec.topic))
+        by_session, sources, bad = self.decode(records)
+        results = await self.rt.store.apply(by_session) if by_session else {}
+        for sid, res in results.items():
+            if isinstance(res, SessionError):
+                # The script refused this session's facts: retrying cannot help, so they are
+                # parked in the dead-letter topic with the reason instead of blocking the partition.
+                for rec in sources[sid]:
+                    bad.append((rec, InvalidMessage("processing_error", str(res)[:500])))
+                continue
+            for rec, letter in zip(sources[sid], res.letters, strict=True):
+                topic = self.topics.strip(rec.topic)
+                self.stats.add(_LETTER_OUTCOME[letter], topic)
+                if letter == "L":
+                    self.stats.add("late_after_end", topic)
+        if bad:
+            await self.dead_letter(bad)
+        due = await self.rt.store.update_indexes(results, _now_ms())
+        if due:
+            self.outbox.wake.set()
+
+    async def dead_letter(self, bad: Sequence[tuple[ConsumerRecord, InvalidMessage]]) -> None:
+        async def one(rec: ConsumerRecord, exc: InvalidMessage) -> None:
+            await self.dlq.publish(
+                rec.value if rec.value is not None else b"",
+                key=rec.key,
+                headers={
+                    "x-error-type": exc.error_type,
+                    "x-error-message": exc.message[:1000],
+                    "x-source-topic": rec.topic,
+                    "x-source-partition": str(rec.partition),
+                    "x-source-offset": str(rec.offset),
+                },
+            )
+
+        await asyncio.gather(*(one(rec, exc) for rec, exc in bad))
+        for rec, exc in bad:
+            topic = self.topics.strip(rec.topic)
+            self.stats.add("dead_lettered", topic)
+            log.warning(
+                "dead-lettered %s[%d]@%d: %s: %s",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                exc.error_type,
+                exc.message,
+            )
+
+    async def handle(self, records: Sequence[ConsumerRecord]) -> bool:
+        """Process a batch until it succeeds; False if the worker is stopping first (no commit)."""
+        backoff = 0.1
+        async with self.batch_lock:
+            while True:
+                try:
+                    await self.process(records)
+                    return True
+                except (StoreUnavailable, rexc.ConnectionError, rexc.TimeoutError) as exc:
+                    reason = f"Redis unavailable: {exc}"
+                except KafkaError as exc:
+                    reason = f"Kafka unavailable for the dead-letter/outbound topics: {exc!r}"
+                except Exception:
+                    log.exception("batch failed unexpectedly; it will be retried")
+                    reason = "unexpected error"
+                if self.stopping.is_set():
+                    log.warning("stopping with a batch not applied; it will be redelivered")
+                    return False
+                backoff = min(backoff * 2, self.rt.settings.redis_retry_max_seconds)
+                log.warning("batch of %d not applied (%s); retrying in %.1fs", len(records), reason, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
+
+    async def commit(self, msg: Any) -> None:
+        try:
+            await msg.ack()
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance took the partitions away; their new owner re-applies idempotently.
+            log.warning("offset commit refused after a rebalance: %s", exc)
+
+    # --- the idle rule (CONTRACT 4.4) ----------------------------------------------------
+
+    async def caught_up(self) -> bool:
+        """True when this worker has applied everything it can see on every partition it owns.
+
+        Two signals, because either alone can mislead: positions at the high watermarks
+        (tansu under-reports watermarks of batch-written partitions), and a last batch
+        that came back short of `max_records` (a backlog fills every batch).
+        """
+        consumer = self.consumer
+        if consumer is None or self.last_batch_full:
+            return False
+        assignment = consumer.assignment()
+        if not assignment:
+            return False
+        for tp in assignment:
+            hw = consumer.highwater(tp)
+            if hw is None or await consumer.position(tp) < hw:
+                return False
+        return True
+
+    def owns(self, session_id: str, assignment: set[TopicPartition]) -> bool:
+        """Whether every inbound partition that can carry this session's facts is ours."""
+        key = session_id.encode()
+        for topic in self._decoders:
+            parts = self.consumer.partitions_for_topic(topic)
+            if not parts or TopicPartition(topic, partition_for(key, len(parts))) not in assignment:
+                return False
+        return True
+
+    async def sweep_once(self) -> int:
+        """End idle sessions this worker may judge; returns how many it ended."""
+        s = self.rt.settings
+        ended = 0
+        async with self.batch_lock:
+            if not await self.caught_up():
+                return 0
+            assignment = set(self.consumer.assignment())
+            now = _now_ms()
+            offset = 0
+            while True:
+                ids = await self.rt.store.idle_candidates(now - s.idle_timeout_ms, 500, offset)
+                if not ids:
+                    break
+                offset += len(ids)
+                mine = [sid for sid in ids if self.owns(sid, assignment)]
+                if not mine:
+                    continue
+                results = await self.rt.store.end_idle(mine, now, s.idle_timeout_ms)
+                ended += sum(
+                    1 for r in results.values() if not isinstance(r, SessionError) and r.letters == "I"
+                )
+                # Ended ones leave the index, so the next page starts earlier than the offset says.
+                offset -= sum(
+                    1 for r in results.values() if not isinstance(r, SessionError) and r.status != "LIVE"
+                )
+                if await self.rt.store.update_indexes(results, now):
+                    self.outbox.wake.set()
+        if ended:
+            self.stats.add("idle_ended", "sweeper", ended)
+            log.info("idle rule ended %d sessions", ended)
+        return ended
+
+    async def run_sweeper(self) -> None:
+        interval = self.rt.settings.sweep_interval_seconds
+        while not self.stopping.is_set():
+            try:
+                await self.sweep_once()
+            except Exception as exc:
+                log.warning("idle sweep failed, next try in %.1fs: %s", interval, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=interval)
+
+
+def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
+    rt = rt or build_runtime()
+    s = rt.settings
+    worker = Worker(rt)
+    subscriber = rt.broker.subscriber(
+        rt.topics.rtk_sessions,
+        rt.topics.rtk_peer_events,
+        group_id=s.consumer_group,
+        batch=True,
+        max_records=s.batch_max_records,
+        batch_timeout_ms=s.batch_timeout_ms,
+        auto_offset_reset="earliest",
+        session_timeout_ms=s.kafka_session_timeout_ms,
+        heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+        ack_policy=AckPolicy.MANUAL,
+        decoder=_no_decode,
+        title="rtk-facts",
+        description="RealtimeKit sessions and peer events, applied to live session state in Redis.",
+    )
+
+    @subscriber
+    async def on_batch(msg: KafkaMessage) -> None:
+        worker.consumer = subscriber.consumer
+        records: Sequence[ConsumerRecord] = msg.raw_message  # type: ignore[assignment]
+        worker.last_batch_full = len(records) >= s.batch_max_records
+        if await worker.handle(records):
+            await worker.commit(msg)
+
+    tasks: list[asyncio.Task[None]] = []
+    app = FastStream(rt.broker)
+
+    @app.on_startup
+    async def _start() -> None:
+        configure_logging(s.log_level)
+        backoff = 0.5
+        while True:
+            try:
+                await rt.store.load_scripts()
+                break
+            except StoreUnavailable as exc:
+                backoff = min(backoff * 2, 30.0)
+                log.warning(
+                    "waiting for Redis at %s (%s); retrying in %.1fs", _safe_url(s.redis_url), exc, backoff
+                )
+                await asyncio.sleep(backoff)
+        log.info(
+            "worker starting: kafka=%s redis=%s group=%s topics=%s,%s",
+            s.kafka_bootstrap_servers,
+            _safe_url(s.redis_url),
+            s.consumer_group,
+            rt.topics.rtk_sessions,
+            rt.topics.rtk_peer_events,
+        )
+
+    @app.after_startup
+    async def _after() -> None:
+        worker.consumer = subscriber.consumer
+        tasks.append(asyncio.create_task(worker.outbox.run(s.outbox_interval_seconds, worker.stopping)))
+        tasks.append(asyncio.create_task(worker.run_sweeper()))
+
+    @app.on_shutdown
+    async def _stop() -> None:
+        # Before the broker closes: what is queued for Kafka still has a producer to go out on.
+        worker.stopping.set()
+        try:
+            await worker.outbox.flush(timeout_s=10.0)
+        except Exception as exc:
+            log.warning("outbox not fully drained at shutdown (it resumes on the next start): %s", exc)
+
+    @app.after_shutdown
+    async def _drained() -> None:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("worker stopped; counts %s", worker.stats.snapshot())
+        await rt.redis.aclose()
+
+    return app, worker
+
+
+def _safe_url(url: str) -> str:
+    """A Redis URL without its password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+def main() -> int:
+    app, _ = build_app()
+    asyncio.run(app.run())
+    return 0

@@ -1,0 +1,309 @@
+"""Kafka -> worker -> Redis -> API and summaries, against a real broker, a real Redis and a worker process."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from service import constants as C
+from service.api import create_app
+from service.config import Settings
+from service.constants import Topics
+from service.core import shapes
+from service.core.model import ReferenceSession
+from service.runtime import build_runtime
+
+from .harness import (
+    Log,
+    Offsets,
+    WorkerProcess,
+    consume_all,
+    latest_summaries,
+    make_log,
+    produce,
+    reference,
+    wait_for,
+    worker_env,
+)
+
+pytestmark = pytest.mark.integration
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+async def api(kafka_bootstrap: str, redis_url: str, topics: Topics) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, redis_url=redis_url, topic_prefix=topics.prefix)
+    rt = build_runtime(settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt)), base_url="http://api") as client:
+        yield client
+    await rt.redis.aclose()
+
+
+async def group_lag(bootstrap: str, group: str, produced: Offsets) -> int:
+    """Messages produced to the inbound topics that the consumer group has not committed yet.
+
+    Read by a consumer of the group that never joins it (so it triggers no rebalance).
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        lag = 0
+        for (topic, partition), end in produced.items():
+            committed = await consumer.committed(TopicPartition(topic, partition))
+            lag += max(0, end - (committed or 0))
+        return lag
+    finally:
+        await consumer.stop()
+
+
+async def drained(bootstrap: str, group: str, produced: Offsets, redis: aioredis.Redis) -> bool:
+    return await group_lag(bootstrap, group, produced) == 0 and await redis.zcard(C.OUTBOX) == 0
+
+
+def approx_floats(obj: Any) -> Any:
+    """Floats that count open intervals up to the query time are compared to within a second."""
+    if isinstance(obj, float):
+        return pytest.approx(obj, rel=1e-6, abs=1 / 60)
+    if isinstance(obj, dict):
+        return {k: approx_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [approx_floats(v) for v in obj]
+    return obj
+
+
+async def assert_state_matches(api: httpx.AsyncClient, expected: dict[str, ReferenceSession]) -> None:
+    """Every number of CONTRACT 4.1 and 4.2, read through the API, equals the reference."""
+    for sid, ref in expected.items():
+        view = ref.view()
+        r = await api.get(f"/v1/sessions/{sid}")
+        assert r.status_code == 200, r.text
+        now = int(time.time() * 1000)
+        assert r.json()["data"] == approx_floats(shapes.session_object(view, now)), sid
+
+        r = await api.get(f"/v1/sessions/{sid}/participants", params={"per_page": 100, "include_peer_events": "true"})
+        body = r.json()
+        got = body["data"]["participants"]
+        want = [shapes.participant_object(p, now) for p in shapes.participants_in_order(view)]
+        assert [{k: v for k, v in p.items() if k != "peer_events"} for p in got] == approx_floats(want), sid
+        assert body["paging"]["total_count"] == len(view.peers)
+        for p, peer in zip(got, shapes.participants_in_order(view), strict=True):
+            assert len(p["peer_events"]) == len(peer.events), (sid, peer.peer_id)
+
+        if view.status == "ENDED":
+            r = await api.get(f"/v1/sessions/{sid}/report")
+            report = r.json()["data"]
+            assert {k: v for k, v in report.items() if k not in ("message_id", "revision")} == shapes.session_summary(
+                view, now
+            )
+
+
+async def run_to_completion(
+    kafka_bootstrap: str, redis_url: str, topics: Topics, log: Log, redis: aioredis.Redis, **env: str
+) -> tuple[WorkerProcess, Offsets]:
+    w = WorkerProcess(worker_env(kafka_bootstrap, redis_url, topics, **env))
+    produced = produce(kafka_bootstrap, topics, log.items)
+    group = env.get("CONSUMER_GROUP", f"{topics.prefix}workers")
+    try:
+        await wait_for(lambda: drained(kafka_bootstrap, group, produced, redis), 90, "the worker to drain the log")
+    except BaseException:
+        w.stop()
+        print(w.log_text()[-5000:])
+        raise
+    return w, produced
+
+
+async def test_end_to_end_matches_the_rules(
+    kafka_bootstrap: str, redis_url: str, topics: Topics, redis_client: aioredis.Redis, api: httpx.AsyncClient
+) -> None:
+    log = make_log(random.Random(11), sessions=40)
+    expected = reference(log)
+    w, _ = await run_to_completion(kafka_bootstrap, redis_url, topics, log, redis_client)
+    try:
+        assert w.alive(), "bad input must not stop the worker"
+        await assert_state_matches(api, expected)
+
+        # One summary per ended session, equal to the rules; none for live ones.
+        summaries = latest_summaries(kafka_bootstrap, topics.summaries)
+        ended = {sid for sid, ref in expected.items() if ref.view().status == "ENDED"}
+        assert set(summaries) == {shapes.summary_message_id(sid) for sid in ended}
+        for sid in ended:
+            s = summaries[shapes.summary_message_id(sid)]
+            assert s.pop("revision") >= 1
+            assert s.pop("message_id") == f"{sid}:summary"
+            assert s == shapes.session_summary(expected[sid].view(), 0)
+
+        # Every bad message is in the dead-letter topic, byte for byte, with its reason.
+        dead = consume_all(kafka_bootstrap, topics.dead_letter)
+        got = sorted((m.value(), dict(m.headers())["x-error-type"].decode()) for m in dead)
+        assert got == sorted((i.value, i.bad) for i in log.bad)
+        for m in dead:
+            h = {k: v.decode() for k, v in m.headers()}
+            assert h["x-source-topic"] in (topics.rtk_sessions, topics.rtk_peer_events)
+            assert int(h["x-source-partition"]) >= 0 and int(h["x-source-offset"]) >= 0
+            assert h["x-error-message"]
+
+        # Listing: filters and paging over this test's sessions.
+        r = await api.get("/v1/sessions", params={"status": "ENDED", "per_page": 100})
+        listed = r.json()
+        assert {s["id"] for s in listed["data"]["sessions"]} == ended
+        assert listed["paging"]["total_count"] == len(ended)
+        starts = [s["started_at"] for s in listed["data"]["sessions"]]
+        assert starts == sorted(starts, reverse=True)
+        r = await api.get("/v1/sessions", params={"organization_id": "org-b", "per_page": 5, "page_no": 2})
+        orgb = sorted(
+            (sid for sid, ref in expected.items() if ref.view().meta.get("organization_id") == "org-b"),
+            key=lambda sid: expected[sid].view().started_ms,
+            reverse=True,
+        )
+        assert [s["id"] for s in r.json()["data"]["sessions"]] == orgb[5:10]
+        assert r.json()["paging"]["total_count"] == len(orgb)
+    finally:
+        assert w.stop() == 0, w.log_text()[-3000:]
+
+
+async def test_bad_requests_get_clear_errors(api: httpx.AsyncClient, redis_client: aioredis.Redis) -> None:
+    r = await api.get("/v1/sessions/no-such-session")
+    assert r.status_code == 404
+    assert r.json() == {"success": False, "error": {"code": "not_found", "message": "session not found"}}
+    r = await api.get("/v1/sessions", params={"per_page": 1000})
+    assert r.status_code == 400 and "per_page" in r.json()["error"]["message"]
+    r = await api.get("/v1/sessions", params={"start_time": "not-a-time"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+    assert (await api.get("/healthz")).json() == {"status": "ok"}
+
+
+async def snapshot(redis: aioredis.Redis, session_ids: list[str]) -> dict[bytes, Any]:
+    """Every per-session key, exactly (byte for byte), excluding nothing."""
+    out: dict[bytes, Any] = {}
+    for sid in session_ids:
+        for key in C.session_keys(sid):
+            kind = (await redis.type(key)).decode()
+            if kind == "hash":
+                out[key.encode()] = await redis.hgetall(key)
+            elif kind == "set":
+                out[key.encode()] = await redis.smembers(key)
+    return out
+
+
+async def test_sigkill_after_redis_write_before_commit_changes_nothing(
+    kafka_bootstrap: str, redis_url: str, topics: Topics, redis_client: aioredis.Redis, api: httpx.AsyncClient
+) -> None:
+    log = make_log(random.Random(23), sessions=25)
+    expected = reference(log)
+    env = worker_env(kafka_bootstrap, redis_url, topics)
+    produced = produce(kafka_bootstrap, topics, log.items)
+
+    crashing = WorkerProcess(env, script=str(HERE / "crash_before_commit.py"))
+    crashing.proc.wait(90)
+    assert crashing.proc.returncode == -9, crashing.log_text()[-3000:]
+    crashing.stop()
+    # It died holding a batch that Redis has applied and Kafka has not committed.
+    assert await redis_client.zcard(C.IDX_SESSIONS) > 0
+    assert await group_lag(kafka_bootstrap, env["CONSUMER_GROUP"], produced) == len(log.items)
+
+    w = WorkerProcess(env)
+    try:
+        await wait_for(lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "recovery")
+        await assert_state_matches(api, expected)
+        # Redelivered facts were duplicates: no summary was re-issued with a new revision.
+        copies: dict[tuple[str, int], set[bytes]] = {}
+        for m in consume_all(kafka_bootstrap, topics.summaries):
+            s = orjson.loads(m.value())
+            copies.setdefault((s["message_id"], s["revision"]), set()).add(m.value())
+        assert all(len(bodies) == 1 for bodies in copies.values()), "copies of one revision differ"
+        assert {rev for _, rev in copies} == {1}
+    finally:
+        assert w.stop() == 0
+
+
+async def test_replay_changes_nothing_and_rebuilds_empty_redis(
+    kafka_bootstrap: str, redis_url: str, topics: Topics, redis_client: aioredis.Redis, api: httpx.AsyncClient
+) -> None:
+    log = make_log(random.Random(5), sessions=20)
+    expected = reference(log)
+    w, produced = await run_to_completion(kafka_bootstrap, redis_url, topics, log, redis_client)
+    assert w.stop() == 0
+    before = await snapshot(redis_client, log.session_ids)
+    first_summaries = {m.value() for m in consume_all(kafka_bootstrap, topics.summaries)}
+
+    # Replay the whole topic onto the existing state (a new group starts at the earliest offset).
+    env = worker_env(kafka_bootstrap, redis_url, topics, CONSUMER_GROUP=f"{topics.prefix}replay")
+    w = WorkerProcess(env)
+    try:
+        await wait_for(lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "replay")
+    finally:
+        assert w.stop() == 0
+    assert await snapshot(redis_client, log.session_ids) == before
+
+    # Replay onto an empty Redis rebuilds the same state.
+    for sid in log.session_ids:
+        await redis_client.delete(*C.session_keys(sid))
+    await redis_client.delete(C.IDX_SESSIONS, C.IDX_LIVE, C.OUTBOX)
+    env = worker_env(kafka_bootstrap, redis_url, topics, CONSUMER_GROUP=f"{topics.prefix}rebuild")
+    w = WorkerProcess(env)
+    try:
+        await wait_for(lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "rebuild")
+    finally:
+        assert w.stop() == 0
+    await assert_state_matches(api, expected)
+    # The rebuilt summaries are the same bytes as the first ones (same message_id, revision, content).
+    assert {m.value() for m in consume_all(kafka_bootstrap, topics.summaries)} == first_summaries
+
+
+async def test_idle_rule_ends_quiet_sessions_and_explicit_end_wins(
+    kafka_bootstrap: str, redis_url: str, topics: Topics, redis_client: aioredis.Redis, api: httpx.AsyncClient
+) -> None:
+    from service.core.timeutil import iso_ms
+
+    from .harness import Item, peer_event, session_message
+
+    now = int(time.time() * 1000)
+    quiet, busy = f"quiet-{now}", f"busy-{now}"
+    t = now - 30_000
+    items = [
+        Item(C.RTK_PEER_EVENTS, quiet.encode(), orjson.dumps(peer_event(quiet, "a", "PEER_JOINING", t))),
+        Item(C.RTK_PEER_EVENTS, quiet.encode(), orjson.dumps(peer_event(quiet, "a", "PEER_LEAVING", t + 5000))),
+        Item(C.RTK_PEER_EVENTS, busy.encode(), orjson.dumps(peer_event(busy, "b", "PEER_JOINING", t))),
+    ]
+    env = worker_env(
+        kafka_bootstrap, redis_url, topics, IDLE_TIMEOUT_SECONDS="10", SWEEP_INTERVAL_SECONDS="0.5"
+    )
+    w = WorkerProcess(env)
+    try:
+        produce(kafka_bootstrap, topics, items)
+
+        async def quiet_ended() -> bool:
+            r = await api.get(f"/v1/sessions/{quiet}")
+            return r.status_code == 200 and r.json()["data"]["status"] == "ENDED"
+
+        await wait_for(quiet_ended, 60, "the idle rule")
+        data = (await api.get(f"/v1/sessions/{quiet}")).json()["data"]
+        assert data["ended_at"] == iso_ms(t + 5000)  # its newest event time
+        report = (await api.get(f"/v1/sessions/{quiet}/report")).json()["data"]
+        assert report["end_reason"] == "idle_timeout"
+        # A connected peer keeps a session live however quiet it is.
+        assert (await api.get(f"/v1/sessions/{busy}")).json()["data"]["status"] == "LIVE"
+
+        # An explicit end that arrives later wins: ended_at and end_reason replaced, summary re-issued.
+        end = t + 8000
+        msg = session_message(quiet, "ENDED", t, end + 1, end)
+        produce(kafka_bootstrap, topics, [Item(C.RTK_SESSIONS, quiet.encode(), orjson.dumps(msg))])
+
+        async def two_revisions() -> bool:
+            s = latest_summaries(kafka_bootstrap, topics.summaries).get(f"{quiet}:summary")
+            return s is not None and s["revision"] == 2
+
+        await wait_for(two_revisions, 60, "the re-issued summary")
+        s = latest_summaries(kafka_bootstrap, topics.summaries)[f"{quiet}:summary"]
+        assert s["end_reason"] == "ended" and s["ended_at"] == iso_ms(end)
+    finally:
+        assert w.stop() == 0
