@@ -178,6 +178,21 @@ class Worker:
             # A rebalance took the partitions away; their new owner re-applies idempotently.
             log.warning("offset commit refused after a rebalance: %s", exc)
 
+    def rewind(self, records: Sequence[ConsumerRecord]) -> None:
+        """Seek every partition of an abandoned batch back to its first record.
+
+        Without this, a later batch's commit would cover the abandoned offsets too: aiokafka
+        commits the consumed position of every partition, not only the later batch's.
+        """
+        first: dict[TopicPartition, int] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            first[tp] = min(first.get(tp, rec.offset), rec.offset)
+        for tp, offset in first.items():
+            # A partition no longer ours raises: its next owner starts from the committed offset.
+            with contextlib.suppress(IllegalStateError):
+                self.consumer.seek(tp, offset)
+
     # --- the idle rule (CONTRACT 4.4) ----------------------------------------------------
 
     async def caught_up(self) -> bool:
@@ -279,6 +294,8 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         worker.last_batch_full = len(records) >= s.batch_max_records
         if await worker.handle(records):
             await worker.commit(msg)
+        else:
+            worker.rewind(records)
 
     tasks: list[asyncio.Task[None]] = []
     app = FastStream(rt.broker)

@@ -16,8 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from service import constants as C
 from service.constants import RTK_PEER_EVENTS, RTK_SESSIONS, Topics
 from service.core.model import PeerEvent, ReferenceSession, SessionMessage
 from service.core.timeutil import iso_ms
@@ -48,7 +52,9 @@ class Log:
         return [i for i in self.items if i.bad]
 
 
-def session_message(sid: str, status: str, started: int, updated: int, ended: int | None, **meta: Any) -> dict:
+def session_message(
+    sid: str, status: str, started: int, updated: int, ended: int | None, **meta: Any
+) -> dict:
     msg = {
         "id": sid,
         "associated_id": meta.get("associated_id", f"meeting-{sid}"),
@@ -68,7 +74,9 @@ def session_message(sid: str, status: str, started: int, updated: int, ended: in
     return msg
 
 
-def peer_event(sid: str, peer: str, name: str, t: int, *, event_id: str | None = None, details: bool = True) -> dict:
+def peer_event(
+    sid: str, peer: str, name: str, t: int, *, event_id: str | None = None, details: bool = True
+) -> dict:
     ev: dict[str, Any] = {
         "id": event_id or str(uuid.uuid4()),
         "created_at": iso_ms(t),
@@ -82,7 +90,12 @@ def peer_event(sid: str, peer: str, name: str, t: int, *, event_id: str | None =
         "updated_at": iso_ms(t),
     }
     if details:
-        ev.update(display_name=f"User {peer[:6]}", user_id=f"user-{peer}", custom_participant_id=f"c-{peer}", preset_name="host")
+        ev.update(
+            display_name=f"User {peer[:6]}",
+            user_id=f"user-{peer}",
+            custom_participant_id=f"c-{peer}",
+            preset_name="host",
+        )
     return ev
 
 
@@ -97,7 +110,13 @@ def make_log(rng: random.Random, sessions: int, *, with_bad: bool = True, t0: in
         key = sid.encode()
         items: list[Item] = []
         org = rng.choice(["org-a", "org-b"])
-        items.append(Item(RTK_SESSIONS, key, orjson.dumps(session_message(sid, "LIVE", start, start, None, organization_id=org))))
+        items.append(
+            Item(
+                RTK_SESSIONS,
+                key,
+                orjson.dumps(session_message(sid, "LIVE", start, start, None, organization_id=org)),
+            )
+        )
         last = start
         for p in range(rng.randint(2, 7)):
             peer = f"peer-{uuid.UUID(int=rng.getrandbits(128))}"
@@ -105,17 +124,31 @@ def make_log(rng: random.Random, sessions: int, *, with_bad: bool = True, t0: in
             items.append(Item(RTK_PEER_EVENTS, key, orjson.dumps(peer_event(sid, peer, "PEER_CREATED", t))))
             for _ in range(rng.randint(1, 3)):
                 t += rng.randint(0, 5) * 1000
-                items.append(Item(RTK_PEER_EVENTS, key, orjson.dumps(peer_event(sid, peer, "PEER_JOINING", t, details=p % 2 == 0))))
+                items.append(
+                    Item(
+                        RTK_PEER_EVENTS,
+                        key,
+                        orjson.dumps(peer_event(sid, peer, "PEER_JOINING", t, details=p % 2 == 0)),
+                    )
+                )
                 if rng.random() < 0.8:
                     t += rng.randint(1, 40) * 1000
-                    items.append(Item(RTK_PEER_EVENTS, key, orjson.dumps(peer_event(sid, peer, "PEER_LEAVING", t))))
+                    items.append(
+                        Item(RTK_PEER_EVENTS, key, orjson.dumps(peer_event(sid, peer, "PEER_LEAVING", t)))
+                    )
             last = max(last, t)
         if rng.random() < 0.75:
             end = last + rng.randint(0, 10) * 1000
             ended = session_message(sid, "ENDED", start, end + 500, end, organization_id=org)
             items.append(Item(RTK_SESSIONS, key, orjson.dumps(ended)))
             if rng.random() < 0.3:  # a fact after the end: kept, not applied
-                items.append(Item(RTK_PEER_EVENTS, key, orjson.dumps(peer_event(sid, "late-peer", "PEER_JOINING", end + 60_000))))
+                items.append(
+                    Item(
+                        RTK_PEER_EVENTS,
+                        key,
+                        orjson.dumps(peer_event(sid, "late-peer", "PEER_JOINING", end + 60_000)),
+                    )
+                )
         # Duplicates: redelivered copies, and the same fact again under a new id.
         for it in rng.sample(items, k=max(1, len(items) // 10)):
             items.append(it)
@@ -162,7 +195,9 @@ def reference(log: Log) -> dict[str, ReferenceSession]:
         if it.bad or it.value in seen:
             continue
         seen.add(it.value)
-        cmds.append(decode_session(it.value) if it.topic == RTK_SESSIONS else decode_peer_event(it.value, it.key))
+        cmds.append(
+            decode_session(it.value) if it.topic == RTK_SESSIONS else decode_peer_event(it.value, it.key)
+        )
     cmds.sort(key=lambda c: c.t_ms if isinstance(c, PeerEvent) else c.updated_ms)
     out: dict[str, ReferenceSession] = {}
     for c in cmds:
@@ -183,7 +218,9 @@ def produce(bootstrap: str, topics: Topics, items: Iterable[Item]) -> Offsets:
     Returns the next offset after the last delivered message of each partition, from the
     delivery reports: tansu's ListOffsets under-reports partitions written in batches.
     """
-    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5, "acks": "all"})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5, "acks": "all"}
+    )
     ends: Offsets = {}
     errors: list[str] = []
 
@@ -207,9 +244,13 @@ def produce(bootstrap: str, topics: Topics, items: Iterable[Item]) -> Offsets:
     return ends
 
 
-def consume_all(bootstrap: str, topic: str, partitions: int = 1, idle_s: float = 1.0, timeout_s: float = 30.0) -> list[Any]:
+def consume_all(
+    bootstrap: str, topic: str, partitions: int = 1, idle_s: float = 1.0, timeout_s: float = 30.0
+) -> list[Any]:
     """Every message currently in a topic (assign() avoids tansu's slow group join)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}", "enable.auto.commit": False})
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}", "enable.auto.commit": False}
+    )
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     out, deadline, quiet_since = [], time.monotonic() + timeout_s, time.monotonic()
     try:
@@ -239,10 +280,14 @@ class WorkerProcess:
 
     def __init__(self, env: dict[str, str], script: str | None = None, log_path: Path | None = None) -> None:
         argv = [sys.executable, script] if script else [sys.executable, "-m", "service", "worker"]
-        self.log_path = log_path or Path(os.environ.get("TMPDIR", "/tmp")) / f"sp-worker-{uuid.uuid4().hex[:8]}.log"
+        self.log_path = (
+            log_path or Path(os.environ.get("TMPDIR", "/tmp")) / f"sp-worker-{uuid.uuid4().hex[:8]}.log"
+        )
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         # spawn(): the worker dies with the test process, even when that is killed.
-        self.proc = spawn(argv, env={**os.environ, **env}, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = spawn(
+            argv, env={**os.environ, **env}, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -279,10 +324,33 @@ def worker_env(bootstrap: str, redis_url: str, topics: Topics, **extra: str) -> 
     return env
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str, *, every: float = 0.3) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], within: float, what: str, *, every: float = 0.3
+) -> None:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if await check():
             return
         await asyncio.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {within}s waiting for {what}")
+
+
+async def group_lag(bootstrap: str, group: str, produced: Offsets) -> int:
+    """Messages produced to the inbound topics that the consumer group has not committed yet.
+
+    Read by a consumer of the group that never joins it (so it triggers no rebalance).
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        lag = 0
+        for (topic, partition), end in produced.items():
+            committed = await consumer.committed(KafkaTopicPartition(topic, partition))
+            lag += max(0, end - (committed or 0))
+        return lag
+    finally:
+        await consumer.stop()
+
+
+async def drained(bootstrap: str, group: str, produced: Offsets, redis: aioredis.Redis) -> bool:
+    return await group_lag(bootstrap, group, produced) == 0 and await redis.zcard(C.OUTBOX) == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +11,19 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service import constants as C
-from service.api import create_app
-from service.config import Settings
 from service.constants import Topics
 from service.core import shapes
 from service.core.model import ReferenceSession
-from service.runtime import build_runtime
 
 from .harness import (
     Log,
     Offsets,
     WorkerProcess,
     consume_all,
+    drained,
+    group_lag,
     latest_summaries,
     make_log,
     produce,
@@ -37,36 +34,6 @@ from .harness import (
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
-
-
-@pytest.fixture
-async def api(kafka_bootstrap: str, redis_url: str, topics: Topics) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, redis_url=redis_url, topic_prefix=topics.prefix)
-    rt = build_runtime(settings)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt)), base_url="http://api") as client:
-        yield client
-    await rt.redis.aclose()
-
-
-async def group_lag(bootstrap: str, group: str, produced: Offsets) -> int:
-    """Messages produced to the inbound topics that the consumer group has not committed yet.
-
-    Read by a consumer of the group that never joins it (so it triggers no rebalance).
-    """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        lag = 0
-        for (topic, partition), end in produced.items():
-            committed = await consumer.committed(TopicPartition(topic, partition))
-            lag += max(0, end - (committed or 0))
-        return lag
-    finally:
-        await consumer.stop()
-
-
-async def drained(bootstrap: str, group: str, produced: Offsets, redis: aioredis.Redis) -> bool:
-    return await group_lag(bootstrap, group, produced) == 0 and await redis.zcard(C.OUTBOX) == 0
 
 
 def approx_floats(obj: Any) -> Any:
@@ -89,7 +56,9 @@ async def assert_state_matches(api: httpx.AsyncClient, expected: dict[str, Refer
         now = int(time.time() * 1000)
         assert r.json()["data"] == approx_floats(shapes.session_object(view, now)), sid
 
-        r = await api.get(f"/v1/sessions/{sid}/participants", params={"per_page": 100, "include_peer_events": "true"})
+        r = await api.get(
+            f"/v1/sessions/{sid}/participants", params={"per_page": 100, "include_peer_events": "true"}
+        )
         body = r.json()
         got = body["data"]["participants"]
         want = [shapes.participant_object(p, now) for p in shapes.participants_in_order(view)]
@@ -101,9 +70,9 @@ async def assert_state_matches(api: httpx.AsyncClient, expected: dict[str, Refer
         if view.status == "ENDED":
             r = await api.get(f"/v1/sessions/{sid}/report")
             report = r.json()["data"]
-            assert {k: v for k, v in report.items() if k not in ("message_id", "revision")} == shapes.session_summary(
-                view, now
-            )
+            assert {
+                k: v for k, v in report.items() if k not in ("message_id", "revision")
+            } == shapes.session_summary(view, now)
 
 
 async def run_to_completion(
@@ -113,7 +82,9 @@ async def run_to_completion(
     produced = produce(kafka_bootstrap, topics, log.items)
     group = env.get("CONSUMER_GROUP", f"{topics.prefix}workers")
     try:
-        await wait_for(lambda: drained(kafka_bootstrap, group, produced, redis), 90, "the worker to drain the log")
+        await wait_for(
+            lambda: drained(kafka_bootstrap, group, produced, redis), 90, "the worker to drain the log"
+        )
     except BaseException:
         w.stop()
         print(w.log_text()[-5000:])
@@ -212,7 +183,9 @@ async def test_sigkill_after_redis_write_before_commit_changes_nothing(
 
     w = WorkerProcess(env)
     try:
-        await wait_for(lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "recovery")
+        await wait_for(
+            lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "recovery"
+        )
         await assert_state_matches(api, expected)
         # Redelivered facts were duplicates: no summary was re-issued with a new revision.
         copies: dict[tuple[str, int], set[bytes]] = {}
@@ -239,7 +212,9 @@ async def test_replay_changes_nothing_and_rebuilds_empty_redis(
     env = worker_env(kafka_bootstrap, redis_url, topics, CONSUMER_GROUP=f"{topics.prefix}replay")
     w = WorkerProcess(env)
     try:
-        await wait_for(lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "replay")
+        await wait_for(
+            lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "replay"
+        )
     finally:
         assert w.stop() == 0
     assert await snapshot(redis_client, log.session_ids) == before
@@ -251,7 +226,9 @@ async def test_replay_changes_nothing_and_rebuilds_empty_redis(
     env = worker_env(kafka_bootstrap, redis_url, topics, CONSUMER_GROUP=f"{topics.prefix}rebuild")
     w = WorkerProcess(env)
     try:
-        await wait_for(lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "rebuild")
+        await wait_for(
+            lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "rebuild"
+        )
     finally:
         assert w.stop() == 0
     await assert_state_matches(api, expected)
@@ -271,7 +248,9 @@ async def test_idle_rule_ends_quiet_sessions_and_explicit_end_wins(
     t = now - 30_000
     items = [
         Item(C.RTK_PEER_EVENTS, quiet.encode(), orjson.dumps(peer_event(quiet, "a", "PEER_JOINING", t))),
-        Item(C.RTK_PEER_EVENTS, quiet.encode(), orjson.dumps(peer_event(quiet, "a", "PEER_LEAVING", t + 5000))),
+        Item(
+            C.RTK_PEER_EVENTS, quiet.encode(), orjson.dumps(peer_event(quiet, "a", "PEER_LEAVING", t + 5000))
+        ),
         Item(C.RTK_PEER_EVENTS, busy.encode(), orjson.dumps(peer_event(busy, "b", "PEER_JOINING", t))),
     ]
     env = worker_env(

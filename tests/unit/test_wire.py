@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.core.intervals import CREATED, JOIN, LEAVE
+from service.core.model import event_details
 from service.core.timeutil import iso_ms
 from service.errors import InvalidMessage, SessionPulseError
-from service.core.model import event_details
 from service.wire import decode_peer_event, decode_session, load_object
 
 from .rtk_factory import MEETING_ID, ORG_ID, SESSION_ID, peer_event_dict, raw, session_dict, t
