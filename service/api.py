@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -76,6 +77,31 @@ def _iso_param(name: str, value: str | None) -> int | None:
         raise ApiError(400, "invalid_request", f"{name} must be an ISO-8601 timestamp") from exc
 
 
+class Auth:
+    """Bearer keys of API_KEYS, each bound to one organization or `*` (CONTRACT 7)."""
+
+    def __init__(self, scopes: dict[str, str] | None) -> None:
+        self.keys = [(k.encode(), org) for k, org in (scopes or {}).items()]
+        self.open = scopes is None
+
+    def organization(self, request: Request) -> str:
+        """The caller's organization (`*` for all); 401 without a known key."""
+        if self.open:
+            return "*"
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <API key>")
+        given = token.strip().encode()
+        found: str | None = None
+        for key, org in self.keys:
+            # Every key is compared, each in constant time, so timing tells nothing about which matched.
+            if hmac.compare_digest(key, given):
+                found = org
+        if found is None:
+            raise ApiError(401, "unauthorized", "unknown API key")
+        return found
+
+
 class Readiness:
     """Kafka reachability, checked in the background so a probe never waits on a dead broker."""
 
@@ -104,6 +130,7 @@ class Readiness:
 def create_app(rt: Runtime | None = None) -> FastAPI:
     rt = rt or build_runtime()
     readiness = Readiness(rt)
+    auth = Auth(rt.settings.api_key_scopes)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -157,9 +184,15 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
             status_code=exc.status_code,
         )
 
-    async def load(session_id: str) -> tuple[SessionView, dict[bytes, bytes], dict[str, dict[int, str]]]:
+    # The caller's organization: a dependency of every /v1 route (`*` when API_KEYS is unset).
+    org_dep = Depends(auth.organization)
+
+    async def load(
+        session_id: str, org: str
+    ) -> tuple[SessionView, dict[bytes, bytes], dict[str, dict[int, str]]]:
         got = await store.read_view(session_id)
-        if got is None:
+        # Another organization's session answers exactly like a missing one: ids do not leak.
+        if got is None or (org != "*" and got[0].meta.get("organization_id") != org):
             raise _not_found("session")
         return got
 
@@ -189,7 +222,12 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         end_time: str | None = Query(None, description="ISO-8601; sessions started at or before"),
         page_no: PageNo = 1,
         per_page: PerPage = 20,
+        org: str = org_dep,
     ) -> JSON:
+        if org != "*":
+            if organization_id not in (None, org):
+                return _ok({"sessions": []}, _paging(0, page_no, per_page, 0))
+            organization_id = org
         lo, hi = _iso_param("start_time", start_time), _iso_param("end_time", end_time)
         wanted = {
             b"status": status,
@@ -211,18 +249,19 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         return _ok({"sessions": sessions}, _paging(len(ids), page_no, per_page, len(sessions)))
 
     @app.get("/v1/sessions/{session_id}", tags=["sessions"])
-    async def get_session(session_id: str) -> JSON:
-        view, _, _ = await load(session_id)
+    async def get_session(session_id: str, org: str = org_dep) -> JSON:
+        view, _, _ = await load(session_id, org)
         return _ok(shapes.session_object(view, _now_ms()))
 
     @app.get("/v1/sessions/{session_id}/participants", tags=["participants"])
     async def list_participants(
         session_id: str,
+        org: str = org_dep,
         include_peer_events: bool = False,
         page_no: PageNo = 1,
         per_page: PerPage = 20,
     ) -> JSON:
-        view, _, events = await load(session_id)
+        view, _, events = await load(session_id, org)
         ordered = shapes.participants_in_order(view)
         start = (page_no - 1) * per_page
         page = ordered[start : start + per_page]
@@ -235,9 +274,9 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
 
     @app.get("/v1/sessions/{session_id}/participants/{participant_id}", tags=["participants"])
     async def get_participant(
-        session_id: str, participant_id: str, include_peer_events: bool = False
+        session_id: str, participant_id: str, org: str = org_dep, include_peer_events: bool = False
     ) -> JSON:
-        view, _, events = await load(session_id)
+        view, _, events = await load(session_id, org)
         peer = view.peers.get(participant_id)
         if peer is None:
             raise _not_found("participant")
@@ -247,8 +286,8 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         return _ok({"participant": obj})
 
     @app.get("/v1/sessions/{session_id}/report", tags=["sessions"])
-    async def report(session_id: str) -> JSON:
-        view, raw, _ = await load(session_id)
+    async def report(session_id: str, org: str = org_dep) -> JSON:
+        view, raw, _ = await load(session_id, org)
         content = shapes.session_summary(view, _now_ms())
         revision: int | None = None
         if view.status == "ENDED":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 
 from pydantic import Field, SecretStr, field_validator
@@ -31,6 +32,8 @@ class Settings(BaseSettings):
     kafka_client_id: str = "sessionpulse"
     batch_max_records: int = Field(default=5000, ge=1)
     batch_timeout_ms: int = Field(default=50, ge=0)
+    kafka_fetch_max_wait_ms: int = Field(default=500, ge=0)
+    kafka_max_partition_fetch_bytes: int = Field(default=1_048_576, ge=1024)
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
     kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
@@ -44,6 +47,21 @@ class Settings(BaseSettings):
         if any(ch.isspace() for ch in v):
             raise ValueError("TOPIC_PREFIX must not contain white space")
         return v
+
+    @cached_property
+    def api_key_scopes(self) -> dict[str, str] | None:
+        """API_KEYS as {key: organization id or "*"}; None when unset (an open API)."""
+        if self.api_keys is None:
+            return None
+        try:
+            parsed = json.loads(self.api_keys.get_secret_value())
+        except ValueError as exc:
+            raise ValueError('API_KEYS must be a JSON object {"<key>": "<organization id or *>"}') from exc
+        if not isinstance(parsed, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in parsed.items()
+        ):
+            raise ValueError('API_KEYS must map non-empty key strings to an organization id or "*"')
+        return parsed
 
     @cached_property
     def bootstrap_list(self) -> list[str]:

@@ -71,10 +71,13 @@ class Outbox:
         count = 0
         if kind == "new" or done < rev:
             assert stored is not None
+            message_id = shapes.summary_message_id(sid)
             await self.publisher.publish(
                 stored,
                 key=sid.encode(),
-                headers={"message_id": shapes.summary_message_id(sid), "revision": str(rev)},
+                headers={"message_id": message_id, "revision": str(rev)},
+                # Deterministic, so every copy of one revision is identical, headers included.
+                correlation_id=f"{message_id}:{rev}",
             )
             await self.store.mark_published(sid, rev)
             self.stats.add("summaries_published", self.publisher.topic or "")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.partitioner import murmur2
 from faststream import AckPolicy, FastStream
@@ -279,7 +280,12 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         max_records=s.batch_max_records,
         batch_timeout_ms=s.batch_timeout_ms,
         auto_offset_reset="earliest",
+        # Range assignment gives one worker partition p of every inbound topic (they have equal
+        # partition counts), which the idle rule's ownership check relies on; round-robin does not.
+        partition_assignment_strategy=(RangePartitionAssignor,),
         session_timeout_ms=s.kafka_session_timeout_ms,
+        fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+        max_partition_fetch_bytes=s.kafka_max_partition_fetch_bytes,
         heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
         ack_policy=AckPolicy.MANUAL,
         decoder=_no_decode,
