@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from service.constants import Topics
 from service.embedded import ensure_topics, start_kafka, start_redis, topic_layout
-from tests.integration.harness import WorkerProcess, drained, make_log, produce, worker_env
+from tests.integration.harness import WorkerProcess, drained, make_log, produce, wait_for, worker_env
 
 
 async def main(target: int) -> None:
@@ -39,8 +39,12 @@ async def main(target: int) -> None:
                 if await redis.exists("sp:idx:sessions"):
                     start = time.monotonic()  # first batch applied: the group has joined
                 await asyncio.sleep(0.01)
-            while not await drained(kafka.bootstrap, env["CONSUMER_GROUP"], produced, redis):
-                await asyncio.sleep(0.1)
+            await wait_for(
+                lambda: drained(kafka.bootstrap, env["CONSUMER_GROUP"], produced, redis),
+                600,
+                "drain",
+                every=0.1,
+            )
             took = time.monotonic() - start
         finally:
             w.stop()

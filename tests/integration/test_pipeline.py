@@ -208,29 +208,26 @@ async def test_replay_changes_nothing_and_rebuilds_empty_redis(
     before = await snapshot(redis_client, log.session_ids)
     first_summaries = {m.value() for m in consume_all(kafka_bootstrap, topics.summaries)}
 
-    # Replay the whole topic onto the existing state (a new group starts at the earliest offset).
-    env = worker_env(kafka_bootstrap, redis_url, topics, CONSUMER_GROUP=f"{topics.prefix}replay")
-    w = WorkerProcess(env)
-    try:
-        await wait_for(
-            lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "replay"
-        )
-    finally:
-        assert w.stop() == 0
+    async def replay(group: str) -> None:
+        """The whole log again, through a new consumer group (which starts at the earliest offset)."""
+        env = worker_env(kafka_bootstrap, redis_url, topics, CONSUMER_GROUP=f"{topics.prefix}{group}")
+        w = WorkerProcess(env)
+        try:
+            await wait_for(
+                lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, group
+            )
+        finally:
+            assert w.stop() == 0
+
+    # Replay onto the existing state changes nothing, byte for byte.
+    await replay("replay")
     assert await snapshot(redis_client, log.session_ids) == before
 
     # Replay onto an empty Redis rebuilds the same state.
     for sid in log.session_ids:
         await redis_client.delete(*C.session_keys(sid))
     await redis_client.delete(C.IDX_SESSIONS, C.IDX_LIVE, C.OUTBOX)
-    env = worker_env(kafka_bootstrap, redis_url, topics, CONSUMER_GROUP=f"{topics.prefix}rebuild")
-    w = WorkerProcess(env)
-    try:
-        await wait_for(
-            lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "rebuild"
-        )
-    finally:
-        assert w.stop() == 0
+    await replay("rebuild")
     await assert_state_matches(api, expected)
     # The rebuilt summaries are the same bytes as the first ones (same message_id, revision, content).
     assert {m.value() for m in consume_all(kafka_bootstrap, topics.summaries)} == first_summaries
