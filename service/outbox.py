@@ -15,7 +15,7 @@ from redis import exceptions as rexc
 from .core import shapes
 from .errors import StoreUnavailable
 from .stats import Stats
-from .store import SessionError, Store
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -42,38 +42,39 @@ class Outbox:
     async def drain_once(self) -> int:
         """One pass over the due sessions; returns how many summaries it published."""
         published = 0
-        for sid in await self.store.outbox_due(self.chunk):
+        for sid, queued_at in await self.store.outbox_due(self.chunk):
             try:
-                published += await self._drain_session(sid)
-            except (SessionError, ValueError, KeyError) as exc:
-                # Kept in the outbox, and the others go on: one broken session must not
-                # hold back every other summary.
-                log.error("summary for session %r failed, kept in the outbox: %r", sid, exc)
+                published += await self._drain_session(sid, queued_at)
+            except (StoreUnavailable, rexc.ConnectionError, rexc.TimeoutError):
+                raise  # Redis is down for everyone: the pass backs off as a whole
+            except Exception as exc:
+                # Kept in the outbox, and the others go on: one session whose summary cannot
+                # be built or published (too large for the broker, say) must not hold back the rest.
+                self.stats.add("summary_failures", self.publisher.topic or "")
+                log.error("summary of session %r failed, kept in the outbox: %r", sid, exc)
         return published
 
-    async def _drain_session(self, sid: str) -> int:
+    async def _drain_session(self, sid: str, queued_at: int) -> int:
         got = await self.store.read_view(sid)
-        if got is None:  # expired after its retention
-            await self.store.outbox_done(sid)
+        if got is None or got[0].status != "ENDED":  # expired after its retention, or live again
+            await self.store.outbox_done(sid, queued_at)
             return 0
         view, raw, _ = got
-        if view.status != "ENDED":
-            await self.store.outbox_done(sid)
-            return 0
         content = shapes.session_summary(view, now_ms=view.ended_ms or 0)
         rev_seen = int(raw.get(b"summary_rev", b"0"))
-        body = summary_body(content, sid, rev_seen + 1)
-        kind, rev, stored, done = await self.store.commit_summary(
-            sid, raw.get(b"ver", b"0").decode(), rev_seen, content_hash(content), body
+        kind, rev, body = await self.store.commit_summary(
+            sid,
+            raw.get(b"ver", b"0").decode(),
+            rev_seen,
+            content_hash(content),
+            summary_body(content, sid, rev_seen + 1),
         )
         if kind == "retry":
             return 0  # the state moved on while we built it; the next pass rebuilds
-        count = 0
-        if kind == "new" or done < rev:
-            assert stored is not None
+        if body:
             message_id = shapes.summary_message_id(sid)
             await self.publisher.publish(
-                stored,
+                body,
                 key=sid.encode(),
                 headers={"message_id": message_id, "revision": str(rev)},
                 # Deterministic, so every copy of one revision is identical, headers included.
@@ -81,9 +82,9 @@ class Outbox:
             )
             await self.store.mark_published(sid, rev)
             self.stats.add("summaries_published", self.publisher.topic or "")
-            count = 1
-        await self.store.outbox_done(sid)
-        return count
+        if kind != "pending":  # after a pending revision went out, the next pass commits the new one
+            await self.store.outbox_done(sid, queued_at)
+        return 1 if body else 0
 
     async def run(self, interval_s: float, stopping: asyncio.Event) -> None:
         backoff = interval_s

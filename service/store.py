@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 
 Command = PeerEvent | SessionMessage
 
-_TRANSIENT_PREFIXES = ("LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "OOM", "READONLY")
-
 
 def _script(name: str) -> str:
     return resources.files("service").joinpath(f"lua/{name}.lua").read_text("utf-8")
@@ -43,7 +41,8 @@ class Script:
 
 APPLY = Script("apply_rtk", _script("apply_rtk"))
 SUMMARY = Script("summary", _script("summary"))
-SCRIPTS = (APPLY, SUMMARY)
+OUTBOX_DONE = Script("outbox_done", _script("outbox_done"))
+SCRIPTS = (APPLY, SUMMARY, OUTBOX_DONE)
 
 
 @dataclass(frozen=True)
@@ -54,11 +53,8 @@ class Applied:
     started_ms: int | None
     last_ms: int | None
     due: bool
+    ver: int  # the session's change counter: the outbox entry's score
     letters: str  # one per item: A applied, D duplicate, L late (after the end), I idle-ended, N no-op
-
-
-class SessionError(Exception):
-    """A script failed for one session for a reason retrying will not cure."""
 
 
 def _items(commands: Iterable[Command]) -> list[str]:
@@ -77,21 +73,16 @@ def _idle_item(now_ms: int, idle_timeout_ms: int) -> list[str]:
 
 
 def _applied(reply: Sequence[Any]) -> Applied:
-    status, started, last, due, letters = reply
+    status, started, last, due, ver, letters = reply
     s = status.decode() if isinstance(status, bytes) else status
     return Applied(
         status=s,
         started_ms=int(started) if s else None,
         last_ms=int(last) if s else None,
         due=bool(int(due)),
+        ver=int(ver),
         letters=letters.decode() if isinstance(letters, bytes) else letters,
     )
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, rexc.ConnectionError | rexc.TimeoutError | rexc.BusyLoadingError):
-        return True
-    return isinstance(exc, rexc.ResponseError) and str(exc).startswith(_TRANSIENT_PREFIXES)
 
 
 class Store:
@@ -124,13 +115,15 @@ class Store:
                 # A restarted or failed-over Redis forgot the scripts; every call is idempotent.
                 await self.load_scripts()
                 continue
+            # Input never reaches a script unvalidated, so an error here is Redis refusing
+            # (NOREPLICAS, MISCONF, OOM, READONLY...) or a bug: retry, never drop the facts.
             for r in replies:
-                if isinstance(r, Exception) and _is_transient(r):
+                if isinstance(r, Exception):
                     raise StoreUnavailable(f"Redis answered {r}") from r
             return replies
         raise StoreUnavailable("Redis keeps forgetting the scripts")
 
-    async def apply(self, batch: Mapping[str, Sequence[Command]]) -> dict[str, Applied | SessionError]:
+    async def apply(self, batch: Mapping[str, Sequence[Command]]) -> dict[str, Applied]:
         """Apply each session's commands with one script call, all in one round trip."""
         sids = list(batch)
         calls = [
@@ -138,23 +131,17 @@ class Store:
             for sid in sids
         ]
         replies = await self._evalsha_many(APPLY, calls)
-        return {
-            sid: SessionError(str(r)) if isinstance(r, Exception) else _applied(r)
-            for sid, r in zip(sids, replies, strict=True)
-        }
+        return {sid: _applied(r) for sid, r in zip(sids, replies, strict=True)}
 
     async def end_idle(
         self, session_ids: Sequence[str], now_ms: int, idle_timeout_ms: int
-    ) -> dict[str, Applied | SessionError]:
+    ) -> dict[str, Applied]:
         item = _idle_item(now_ms, idle_timeout_ms)
         calls = [(C.session_keys(sid), [str(self.retention_ms), "1", *item]) for sid in session_ids]
         replies = await self._evalsha_many(APPLY, calls)
-        return {
-            sid: SessionError(str(r)) if isinstance(r, Exception) else _applied(r)
-            for sid, r in zip(session_ids, replies, strict=True)
-        }
+        return {sid: _applied(r) for sid, r in zip(session_ids, replies, strict=True)}
 
-    async def update_indexes(self, results: Mapping[str, Applied | SessionError], now_ms: int) -> list[str]:
+    async def update_indexes(self, results: Mapping[str, Applied]) -> list[str]:
         """Bring the global indexes in line with the script results; returns sessions now due.
 
         Not atomic with the scripts (other hash slots), but idempotent and re-run on every
@@ -163,7 +150,10 @@ class Store:
         due: list[str] = []
         pipe = self.redis.pipeline(transaction=False)
         for sid, r in results.items():
-            if isinstance(r, SessionError) or not r.status:
+            if not r.status:
+                # No such session (expired, or deleted by hand): it leaves every index.
+                pipe.zrem(C.IDX_LIVE, sid)
+                pipe.zrem(C.IDX_SESSIONS, sid)
                 continue
             assert r.started_ms is not None and r.last_ms is not None
             pipe.zadd(C.IDX_SESSIONS, {sid: r.started_ms})
@@ -172,7 +162,9 @@ class Store:
             else:
                 pipe.zrem(C.IDX_LIVE, sid)
             if r.due:
-                pipe.zadd(C.OUTBOX, {sid: now_ms}, nx=True)
+                # The score is the session's change counter: the outbox removes an entry only
+                # while it is unchanged, so a change made during a drain is never lost.
+                pipe.zadd(C.OUTBOX, {sid: r.ver}, gt=True)
                 due.append(sid)
         if len(pipe):
             try:
@@ -187,36 +179,29 @@ class Store:
 
     # --- summary outbox -------------------------------------------------------------
 
-    async def outbox_due(self, limit: int) -> list[str]:
-        return [m.decode() for m in await self.redis.zrange(C.OUTBOX, 0, limit - 1)]
+    async def outbox_due(self, limit: int) -> list[tuple[str, int]]:
+        """Sessions with outbound messages due, with the change counter they were queued at."""
+        entries = await self.redis.zrange(C.OUTBOX, 0, limit - 1, withscores=True)
+        return [(m.decode(), int(score)) for m, score in entries]
 
     async def commit_summary(
         self, sid: str, ver: str, rev_seen: int, content_hash: str, body: bytes
-    ) -> tuple[str, int, bytes | None, int]:
-        """('retry'|'new'|'same', revision, stored body, published revision)."""
+    ) -> tuple[str, int, bytes]:
+        """(kind, revision, body to publish or b''); the kinds are summary.lua's."""
         key = C.session_keys(sid)[0]
         (reply,) = await self._evalsha_many(
             SUMMARY, [([key], ["commit", ver, str(rev_seen), content_hash, body])]
         )
-        if isinstance(reply, Exception):
-            raise SessionError(str(reply))
-        kind = reply[0].decode()
-        if kind == "retry":
-            return kind, 0, None, 0
-        published = int(reply[3]) if kind == "same" else 0
-        return kind, int(reply[1]), reply[2], published
+        return reply[0].decode(), int(reply[1]), reply[2]
 
     async def mark_published(self, sid: str, rev: int) -> None:
         key = C.session_keys(sid)[0]
         await self._evalsha_many(SUMMARY, [([key], ["published", str(rev)])])
 
-    async def outbox_done(self, sid: str) -> None:
-        """Drop a drained entry; put it back if the session became due again meanwhile."""
-        await self.redis.zrem(C.OUTBOX, sid)
-        # The worker sets the flag before it adds the entry, so reading it after the removal
-        # cannot miss a change that the removal swallowed.
-        if (await self.redis.hget(C.session_keys(sid)[0], "summary_due")) == b"1":
-            await self.redis.zadd(C.OUTBOX, {sid: 0}, nx=True)
+    async def outbox_done(self, sid: str, queued_at: int) -> bool:
+        """Drop a drained entry unless the session changed since it was read; True if dropped."""
+        (removed,) = await self._evalsha_many(OUTBOX_DONE, [([C.OUTBOX], [sid, str(queued_at)])])
+        return bool(removed)
 
     # --- read side --------------------------------------------------------------------
 

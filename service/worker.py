@@ -18,7 +18,7 @@ from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
 from faststream import AckPolicy, FastStream
 from faststream.kafka.annotations import KafkaMessage
@@ -28,7 +28,7 @@ from .errors import InvalidMessage, StoreUnavailable
 from .outbox import Outbox
 from .runtime import Runtime, build_runtime, configure_logging
 from .stats import Stats
-from .store import Command, SessionError
+from .store import Command
 from .wire import decode_peer_event, decode_session
 
 log = logging.getLogger("service.worker")
@@ -105,12 +105,6 @@ class Worker:
         by_session, sources, bad = self.decode(records)
         results = await self.rt.store.apply(by_session) if by_session else {}
         for sid, res in results.items():
-            if isinstance(res, SessionError):
-                # The script refused this session's facts: retrying cannot help, so they are
-                # parked in the dead-letter topic with the reason instead of blocking the partition.
-                for rec in sources[sid]:
-                    bad.append((rec, InvalidMessage("processing_error", str(res)[:500])))
-                continue
             for rec, letter in zip(sources[sid], res.letters, strict=True):
                 topic = self.topics.strip(rec.topic)
                 self.stats.add(_LETTER_OUTCOME[letter], topic)
@@ -118,23 +112,27 @@ class Worker:
                     self.stats.add("late_after_end", topic)
         if bad:
             await self.dead_letter(bad)
-        due = await self.rt.store.update_indexes(results, _now_ms())
+        due = await self.rt.store.update_indexes(results)
         if due:
             self.outbox.wake.set()
 
     async def dead_letter(self, bad: Sequence[tuple[ConsumerRecord, InvalidMessage]]) -> None:
         async def one(rec: ConsumerRecord, exc: InvalidMessage) -> None:
-            await self.dlq.publish(
-                rec.value if rec.value is not None else b"",
-                key=rec.key,
-                headers={
-                    "x-error-type": exc.error_type,
-                    "x-error-message": exc.message[:1000],
-                    "x-source-topic": rec.topic,
-                    "x-source-partition": str(rec.partition),
-                    "x-source-offset": str(rec.offset),
-                },
-            )
+            headers = {
+                "x-error-type": exc.error_type,
+                "x-error-message": exc.message[:1000],
+                "x-source-topic": rec.topic,
+                "x-source-partition": str(rec.partition),
+                "x-source-offset": str(rec.offset),
+            }
+            value = rec.value if rec.value is not None else b""
+            try:
+                await self.dlq.publish(value, key=rec.key, headers=headers)
+            except MessageSizeTooLargeError:
+                # The value with our headers no longer fits: retrying would block the partition
+                # forever, so the reason and the source coordinates go out without the value.
+                headers["x-value-omitted"] = f"{len(value)} bytes; read it at the source coordinates"
+                await self.dlq.publish(b"", key=rec.key, headers=headers)
 
         await asyncio.gather(*(one(rec, exc) for rec, exc in bad))
         for rec, exc in bad:
@@ -224,8 +222,12 @@ class Worker:
                 return False
         return True
 
-    async def sweep_once(self) -> int:
-        """End idle sessions this worker may judge; returns how many it ended."""
+    async def sweep_once(self, max_pages: int = 20) -> int:
+        """End idle sessions this worker may judge; returns how many it ended.
+
+        At most ``max_pages`` pages of candidates per sweep, so one sweep never holds the
+        batch lock for long; the next sweep goes on where the index still has candidates.
+        """
         s = self.rt.settings
         ended = 0
         async with self.batch_lock:
@@ -234,7 +236,7 @@ class Worker:
             assignment = set(self.consumer.assignment())
             now = _now_ms()
             offset = 0
-            while True:
+            for _ in range(max_pages):
                 ids = await self.rt.store.idle_candidates(now - s.idle_timeout_ms, 500, offset)
                 if not ids:
                     break
@@ -243,14 +245,10 @@ class Worker:
                 if not mine:
                     continue
                 results = await self.rt.store.end_idle(mine, now, s.idle_timeout_ms)
-                ended += sum(
-                    1 for r in results.values() if not isinstance(r, SessionError) and r.letters == "I"
-                )
-                # Ended ones leave the index, so the next page starts earlier than the offset says.
-                offset -= sum(
-                    1 for r in results.values() if not isinstance(r, SessionError) and r.status != "LIVE"
-                )
-                if await self.rt.store.update_indexes(results, now):
+                ended += sum(1 for r in results.values() if r.letters == "I")
+                # Ended and vanished sessions leave the index, so the next page starts earlier.
+                offset -= sum(1 for r in results.values() if r.status != "LIVE")
+                if await self.rt.store.update_indexes(results):
                     self.outbox.wake.set()
         if ended:
             self.stats.add("idle_ended", "sweeper", ended)
@@ -348,7 +346,8 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
     async def _drained() -> None:
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # A task blocked in a Redis call may not notice the cancel at once: do not wait forever.
+        await asyncio.wait(tasks, timeout=5.0)
         log.info("worker stopped; counts %s", worker.stats.snapshot())
         await rt.redis.aclose()
 

@@ -6,7 +6,7 @@
 --   peer event:      'P', event id, peer id, encoded (t_ms*4+code), t_ms, raw JSON, ''
 --   session message: 'S', digest, status, updated_ms, started_ms, ended_ms or '', meta JSON
 --   idle check:      'I', now_ms, idle_timeout_ms, '', '', '', ''
--- Returns: { status ('' when the session does not exist), started_ms, last_ms, due (0/1),
+-- Returns: { status ('' when the session does not exist), started_ms, last_ms, due (0/1), ver,
 --            one letter per item: A applied, D duplicate, L applied but after the end, I idle-ended, N no-op }
 --
 -- Every item is idempotent and the derived state is a function of the stored facts only, so
@@ -111,7 +111,7 @@ for i = 0, n - 1 do
 end
 
 if not last_ms then
-  return { '', '', '', 0, table.concat(letters) }
+  return { '', '', '', 0, '0', table.concat(letters) }
 end
 
 local ended_ms = xend_ms or idle_end_ms
@@ -210,5 +210,5 @@ if ended_ms then
   for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, retention) end
 end
 
-local due = tonumber(redis.call('HGET', K_S, 'summary_due') or '0')
-return { status, started, fmt(last_ms), due, table.concat(letters) }
+local bk = redis.call('HMGET', K_S, 'summary_due', 'ver')
+return { status, started, fmt(last_ms), tonumber(bk[1] or '0'), bk[2] or '0', table.concat(letters) }

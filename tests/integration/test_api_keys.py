@@ -28,7 +28,7 @@ async def secured(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator
         meta = orjson.dumps({"organization_id": org, "type": "meeting", "meeting_display_name": sid}).decode()
         msg = SessionMessage(sid, "LIVE", 1_000, 1_000, None, meta, hashlib.sha1(sid.encode()).hexdigest())
         results = await store.apply({sid: [msg]})
-        await store.update_indexes(results, 0)
+        await store.update_indexes(results)
     rt = build_runtime(Settings(redis_url=redis_url, api_keys=KEYS))
     transport = httpx.ASGITransport(app=create_app(rt))
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:

@@ -1,0 +1,141 @@
+"""Faults that must lose nothing: Redis refusing writes, vanished sessions, races in the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+
+import httpx
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from service import constants as C
+from service.constants import Topics
+from service.core.model import PeerEvent, SessionMessage
+from service.outbox import Outbox
+from service.stats import Stats
+from service.store import Store
+
+from .harness import (
+    WorkerProcess,
+    consume_all,
+    drained,
+    group_lag,
+    make_log,
+    produce,
+    reference,
+    wait_for,
+    worker_env,
+)
+from .test_pipeline import assert_state_matches
+
+pytestmark = pytest.mark.integration
+EMBEDDED_REDIS = not os.environ.get("SESSIONPULSE_TEST_REDIS_URL")
+
+
+@pytest.mark.skipif(not EMBEDDED_REDIS, reason="changes server configuration: only on the suite's own Redis")
+async def test_redis_refusing_writes_is_retried_not_dead_lettered(
+    kafka_bootstrap: str, redis_url: str, topics: Topics, redis_client: aioredis.Redis, api: httpx.AsyncClient
+) -> None:
+    log = make_log(random.Random(3), sessions=8, with_bad=False)
+    expected = reference(log)
+    env = worker_env(kafka_bootstrap, redis_url, topics)
+    # Writes refused as when a replica required by min-replicas-to-write is missing.
+    await redis_client.config_set("min-replicas-to-write", "1")
+    try:
+        produced = produce(kafka_bootstrap, topics, log.items)
+        w = WorkerProcess(env)
+        await wait_for(lambda: _logged(w, "retrying"), 60, "the worker to hit the refusal")
+        await asyncio.sleep(1.0)
+        assert w.alive()
+        assert await group_lag(kafka_bootstrap, env["CONSUMER_GROUP"], produced) == len(log.items)
+        assert consume_all(kafka_bootstrap, topics.dead_letter, idle_s=0.5) == []
+    finally:
+        await redis_client.config_set("min-replicas-to-write", "0")
+    try:
+        await wait_for(
+            lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "recovery"
+        )
+        await assert_state_matches(api, expected)
+    finally:
+        assert w.stop() == 0
+
+
+async def _logged(w: WorkerProcess, text: str) -> bool:
+    return text in w.log_text()
+
+
+def _ended(sid: str, ended_ms: int) -> SessionMessage:
+    meta = orjson.dumps({"type": "meeting", "organization_id": "o"}).decode()
+    digest = hashlib.sha1(f"{sid}{ended_ms}".encode()).hexdigest()
+    return SessionMessage(sid, "ENDED", ended_ms + 1, 0, ended_ms, meta, digest)
+
+
+def _join(sid: str, peer: str, t: int) -> PeerEvent:
+    return PeerEvent(sid, f"{peer}-{t}", peer, 2, t, orjson.dumps({"peer_id": peer}).decode())
+
+
+class RecordingPublisher:
+    """Stands in for the Kafka publisher; fails on demand, as a crash before the send would."""
+
+    topic = "summaries"
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.fail = False
+
+    async def publish(self, body: bytes, **_: object) -> None:
+        if self.fail:
+            raise ConnectionError("broker gone")
+        self.sent.append(body)
+
+
+async def test_a_vanished_session_leaves_the_indexes(redis_client: aioredis.Redis) -> None:
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+    await redis_client.zadd(C.IDX_LIVE, {"ghost": 0})
+    await redis_client.zadd(C.IDX_SESSIONS, {"ghost": 0})
+    results = await store.end_idle(["ghost"], now_ms=10**12, idle_timeout_ms=1)
+    assert results["ghost"].status == ""
+    await store.update_indexes(results)
+    assert await redis_client.zscore(C.IDX_LIVE, "ghost") is None
+    assert await redis_client.zscore(C.IDX_SESSIONS, "ghost") is None
+
+
+async def test_an_unpublished_revision_goes_out_before_the_next(redis_client: aioredis.Redis) -> None:
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+    publisher = RecordingPublisher()
+    outbox = Outbox(store, publisher, Stats())  # type: ignore[arg-type]
+    sid = "outbox-pending"
+    await store.update_indexes(await store.apply({sid: [_join(sid, "a", 1_000), _ended(sid, 60_000)]}))
+
+    publisher.fail = True  # revision 1 is stored, then the send fails
+    await outbox.drain_once()
+    assert publisher.sent == [] and (await store.outbox_due(10))[0][0] == sid
+
+    # Late data changes the summary before the next pass.
+    await store.update_indexes(await store.apply({sid: [_join(sid, "b", 2_000)]}))
+    publisher.fail = False
+    for _ in range(3):
+        await outbox.drain_once()
+    revisions = [(orjson.loads(b)["revision"], orjson.loads(b)["participants_total"]) for b in publisher.sent]
+    assert revisions == [(1, 1), (2, 2)]
+    assert await store.outbox_due(10) == []
+
+
+async def test_a_change_during_a_drain_keeps_the_outbox_entry(redis_client: aioredis.Redis) -> None:
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+    sid = "outbox-race"
+    await store.update_indexes(await store.apply({sid: [_join(sid, "a", 1_000), _ended(sid, 60_000)]}))
+    [(_, queued_at)] = await store.outbox_due(10)
+    # Between reading the entry and removing it, the session changes and is queued again.
+    await store.update_indexes(await store.apply({sid: [_join(sid, "b", 2_000)]}))
+    assert await store.outbox_done(sid, queued_at) is False
+    [(again, newer)] = await store.outbox_due(10)
+    assert again == sid and newer > queued_at
+    assert await store.outbox_done(sid, newer) is True
