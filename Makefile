@@ -30,9 +30,10 @@ test-unit: $(STAMP) ## only the pure-core unit tests
 test-integration: $(STAMP) ## only the tests against a real broker and Redis
 	$(PY) -m pytest tests/integration
 
-lint: $(STAMP) ## ruff: lint rules and formatting
+lint: $(STAMP) ## ruff (lint rules and formatting) and mypy (strict)
 	$(VENV)/bin/ruff check service tests bench
 	$(VENV)/bin/ruff format --check service tests bench
+	$(VENV)/bin/mypy service
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

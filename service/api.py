@@ -22,7 +22,7 @@ from .core.model import PeerView, SessionView
 from .core.timeutil import parse_iso_ms
 from .outbox import content_hash
 from .runtime import Runtime, build_runtime, configure_logging
-from .store import view_from_raw
+from .store import view_from_raw, zset_members
 
 log = logging.getLogger("service.api")
 
@@ -321,7 +321,9 @@ async def _matching_ids(
     offset, chunk = 0, 500
     fields = list(filters)
     while True:
-        members = await redis.zrevrangebyscore(C.IDX_SESSIONS, hi_s, lo_s, start=offset, num=chunk)
+        members = zset_members(
+            await redis.zrevrangebyscore(C.IDX_SESSIONS, hi_s, lo_s, start=offset, num=chunk)
+        )
         if not members:
             break
         offset += len(members)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
@@ -26,8 +27,9 @@ def configure_logging(level: str) -> None:
 
 
 def build_redis(settings: Settings) -> Redis:
-    common = {"socket_timeout": 10, "socket_connect_timeout": 5, "health_check_interval": 15}
+    common: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5, "health_check_interval": 15}
     if settings.redis_cluster:
+        # RedisCluster serves the same commands as Redis but is not a subclass of it.
         return RedisCluster.from_url(settings.redis_url, **common)  # type: ignore[return-value]
     return Redis.from_url(settings.redis_url, **common)
 

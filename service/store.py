@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis import exceptions as rexc
@@ -21,6 +21,18 @@ from .errors import StoreUnavailable
 log = logging.getLogger(__name__)
 
 Command = PeerEvent | SessionMessage
+
+
+# redis-py types replies for either client mode; ours is built without `decode_responses`,
+# so members come back as bytes.
+def zset_members(reply: object) -> list[bytes]:
+    """The members of a sorted-set range reply."""
+    return cast(list[bytes], reply)
+
+
+def _zset_scored_members(reply: object) -> list[tuple[bytes, float]]:
+    """The (member, score) pairs of a sorted-set range reply `withscores=True`."""
+    return cast(list[tuple[bytes, float]], reply)
 
 
 def _script(name: str) -> str:
@@ -101,7 +113,9 @@ class Store:
         except (rexc.ConnectionError, rexc.TimeoutError) as exc:
             raise StoreUnavailable(f"Redis unreachable: {exc}") from exc
 
-    async def _evalsha_many(self, script: Script, calls: Sequence[tuple[list[str], list[str]]]) -> list[Any]:
+    async def _evalsha_many(
+        self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[str | bytes]]]
+    ) -> list[Any]:
         """One pipelined round trip of script calls; per-call errors come back in place."""
         for attempt in (1, 2):
             pipe = self.redis.pipeline(transaction=False)
@@ -175,14 +189,14 @@ class Store:
 
     async def idle_candidates(self, before_ms: int, limit: int, offset: int = 0) -> list[str]:
         ids = await self.redis.zrangebyscore(C.IDX_LIVE, "-inf", f"({before_ms}", start=offset, num=limit)
-        return [i.decode() for i in ids]
+        return [i.decode() for i in zset_members(ids)]
 
     # --- summary outbox -------------------------------------------------------------
 
     async def outbox_due(self, limit: int) -> list[tuple[str, int]]:
         """Sessions with outbound messages due, with the change counter they were queued at."""
         entries = await self.redis.zrange(C.OUTBOX, 0, limit - 1, withscores=True)
-        return [(m.decode(), int(score)) for m, score in entries]
+        return [(m.decode(), int(score)) for m, score in _zset_scored_members(entries)]
 
     async def commit_summary(
         self, sid: str, ver: str, rev_seen: int, content_hash: str, body: bytes

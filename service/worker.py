@@ -13,8 +13,8 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -42,7 +42,8 @@ def _now_ms() -> int:
 
 def partition_for(key: bytes, partitions: int) -> int:
     """Kafka's default (murmur2) key partitioner, as the Java client and aiokafka use it."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 async def _no_decode(msg: Any) -> None:
@@ -72,7 +73,7 @@ class Worker:
         self.outbox = Outbox(rt.store, self.summaries, self.stats)
         self.consumer: Any = None  # the aiokafka consumer, once FastStream has started it
         self.last_batch_full = False
-        self._decoders = {
+        self._decoders: dict[str, Callable[[ConsumerRecord], Command]] = {
             self.topics.rtk_sessions: lambda r: decode_session(r.value),
             self.topics.rtk_peer_events: lambda r: decode_peer_event(r.value, r.key),
         }
@@ -294,7 +295,8 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
     @subscriber
     async def on_batch(msg: KafkaMessage) -> None:
         worker.consumer = subscriber.consumer
-        records: Sequence[ConsumerRecord] = msg.raw_message  # type: ignore[assignment]
+        # A batch subscriber's raw message is the tuple of the batch's records.
+        records = cast(Sequence[ConsumerRecord], msg.raw_message)
         worker.last_batch_full = len(records) >= s.batch_max_records
         if await worker.handle(records):
             await worker.commit(msg)
