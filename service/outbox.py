@@ -15,7 +15,7 @@ from redis import exceptions as rexc
 from .core import shapes
 from .errors import StoreUnavailable
 from .stats import Stats
-from .store import Store
+from .store import Store, events_by_peer, view_from_raw
 
 log = logging.getLogger(__name__)
 
@@ -40,51 +40,77 @@ class Outbox:
         self.wake = asyncio.Event()
 
     async def drain_once(self) -> int:
-        """One pass over the due sessions; returns how many summaries it published."""
-        published = 0
-        for sid, queued_at in await self.store.outbox_due(self.chunk):
-            try:
-                published += await self._drain_session(sid, queued_at)
-            except (StoreUnavailable, rexc.ConnectionError, rexc.TimeoutError):
-                raise  # Redis is down for everyone: the pass backs off as a whole
-            except Exception as exc:
-                # Kept in the outbox, and the others go on: one session whose summary cannot
-                # be built or published (too large for the broker, say) must not hold back the rest.
-                self.stats.add("summary_failures", self.publisher.topic or "")
-                log.error("summary of session %r failed, kept in the outbox: %r", sid, exc)
-        return published
+        """One pass over a chunk of due sessions; returns how many summaries it published.
 
-    async def _drain_session(self, sid: str, queued_at: int) -> int:
-        got = await self.store.read_view(sid)
-        if got is None or got[0].status != "ENDED":  # expired after its retention, or live again
-            await self.store.outbox_done(sid, queued_at)
+        A handful of round trips for the whole chunk: read, commit, publish, record, remove.
+        Redis being down fails the pass as a whole (it backs off); a session whose summary
+        cannot be built or published stays in the outbox without holding back the others.
+        """
+        due = await self.store.outbox_due(self.chunk)
+        if not due:
             return 0
-        view, raw, _ = got
-        content = shapes.session_summary(view, now_ms=view.ended_ms or 0)
-        rev_seen = int(raw.get(b"summary_rev", b"0"))
-        kind, rev, body = await self.store.commit_summary(
-            sid,
-            raw.get(b"ver", b"0").decode(),
-            rev_seen,
-            content_hash(content),
-            summary_body(content, sid, rev_seen + 1),
-        )
-        if kind == "retry":
-            return 0  # the state moved on while we built it; the next pass rebuilds
-        if body:
-            message_id = shapes.summary_message_id(sid)
-            await self.publisher.publish(
-                body,
-                key=sid.encode(),
-                headers={"message_id": message_id, "revision": str(rev)},
-                # Deterministic, so every copy of one revision is identical, headers included.
-                correlation_id=f"{message_id}:{rev}",
+        raws = await self.store.read_many([sid for sid, _ in due])
+        done: list[tuple[str, int]] = []
+        commits: list[tuple[str, str, int, str, bytes]] = []
+        queued: dict[str, int] = {}
+        for (sid, queued_at), raw in zip(due, raws, strict=True):
+            if raw is None or raw["session"][b"status"] != b"ENDED":  # expired, or not ended
+                done.append((sid, queued_at))
+                continue
+            try:
+                view = view_from_raw(sid, raw, events_by_peer(raw["events"]))
+                content = shapes.session_summary(view, now_ms=view.ended_ms or 0)
+            except Exception as exc:
+                self._failed(sid, exc)
+                continue
+            rev_seen = int(raw["session"].get(b"summary_rev", b"0"))
+            ver = raw["session"].get(b"ver", b"0").decode()
+            commits.append(
+                (sid, ver, rev_seen, content_hash(content), summary_body(content, sid, rev_seen + 1))
             )
-            await self.store.mark_published(sid, rev)
-            self.stats.add("summaries_published", self.publisher.topic or "")
-        if kind != "pending":  # after a pending revision went out, the next pass commits the new one
-            await self.store.outbox_done(sid, queued_at)
-        return 1 if body else 0
+            queued[sid] = queued_at
+
+        outcomes = await self.store.commit_summaries(commits)
+        sends: list[tuple[str, int, bool]] = []  # session, revision, and whether it was pending
+        bodies: list[bytes] = []
+        for (sid, *_), (kind, rev, body) in zip(commits, outcomes, strict=True):
+            if kind == "retry":
+                continue  # the state moved on while we built it: the next pass rebuilds
+            if body:
+                sends.append((sid, rev, kind == "pending"))
+                bodies.append(body)
+            else:
+                done.append((sid, queued[sid]))
+        results = await asyncio.gather(
+            *(self._publish(sid, rev, body) for (sid, rev, _), body in zip(sends, bodies, strict=True)),
+            return_exceptions=True,
+        )
+        published: list[tuple[str, int]] = []
+        for (sid, rev, pending), result in zip(sends, results, strict=True):
+            if isinstance(result, BaseException):
+                self._failed(sid, result)
+                continue
+            published.append((sid, rev))
+            if not pending:  # after a pending revision went out, the next pass commits the new one
+                done.append((sid, queued[sid]))
+        await self.store.mark_published(published)
+        await self.store.outbox_done(done)
+        self.stats.add("summaries_published", self.publisher.topic or "", len(published))
+        return len(published)
+
+    async def _publish(self, sid: str, rev: int, body: bytes) -> None:
+        message_id = shapes.summary_message_id(sid)
+        await self.publisher.publish(
+            body,
+            key=sid.encode(),
+            headers={"message_id": message_id, "revision": str(rev)},
+            # Deterministic, so every copy of one revision is identical, headers included.
+            correlation_id=f"{message_id}:{rev}",
+        )
+
+    def _failed(self, sid: str, exc: BaseException) -> None:
+        self.stats.add("summary_failures", self.publisher.topic or "")
+        log.error("summary of session %r failed, kept in the outbox: %r", sid, exc)
 
     async def run(self, interval_s: float, stopping: asyncio.Event) -> None:
         backoff = interval_s

@@ -198,24 +198,28 @@ class Store:
         entries = await self.redis.zrange(C.OUTBOX, 0, limit - 1, withscores=True)
         return [(m.decode(), int(score)) for m, score in _zset_scored_members(entries)]
 
-    async def commit_summary(
-        self, sid: str, ver: str, rev_seen: int, content_hash: str, body: bytes
-    ) -> tuple[str, int, bytes]:
-        """(kind, revision, body to publish or b''); the kinds are summary.lua's."""
-        key = C.session_keys(sid)[0]
-        (reply,) = await self._evalsha_many(
-            SUMMARY, [([key], ["commit", ver, str(rev_seen), content_hash, body])]
-        )
-        return reply[0].decode(), int(reply[1]), reply[2]
+    async def commit_summaries(
+        self, items: Sequence[tuple[str, str, int, str, bytes]]
+    ) -> list[tuple[str, int, bytes]]:
+        """For each (session, ver read, summary_rev read, content hash, body): (kind, revision,
+        body to publish or b''), in one round trip; the kinds are summary.lua's."""
+        calls: list[tuple[Sequence[str], Sequence[str | bytes]]] = [
+            ([C.session_keys(sid)[0]], ["commit", ver, str(rev_seen), digest, body])
+            for sid, ver, rev_seen, digest, body in items
+        ]
+        replies = await self._evalsha_many(SUMMARY, calls) if calls else []
+        return [(r[0].decode(), int(r[1]), r[2]) for r in replies]
 
-    async def mark_published(self, sid: str, rev: int) -> None:
-        key = C.session_keys(sid)[0]
-        await self._evalsha_many(SUMMARY, [([key], ["published", str(rev)])])
+    async def mark_published(self, published: Sequence[tuple[str, int]]) -> None:
+        """Record, per session, the revision the broker acknowledged."""
+        calls = [([C.session_keys(sid)[0]], ["published", str(rev)]) for sid, rev in published]
+        if calls:
+            await self._evalsha_many(SUMMARY, calls)
 
-    async def outbox_done(self, sid: str, queued_at: int) -> bool:
-        """Drop a drained entry unless the session changed since it was read; True if dropped."""
-        (removed,) = await self._evalsha_many(OUTBOX_DONE, [([C.OUTBOX], [sid, str(queued_at)])])
-        return bool(removed)
+    async def outbox_done(self, entries: Sequence[tuple[str, int]]) -> list[bool]:
+        """Drop drained entries, each unless its session changed since it was read."""
+        calls = [([C.OUTBOX], [sid, str(queued_at)]) for sid, queued_at in entries]
+        return [bool(r) for r in await self._evalsha_many(OUTBOX_DONE, calls)] if calls else []
 
     # --- read side --------------------------------------------------------------------
 
@@ -236,6 +240,25 @@ class Store:
         if not s or b"status" not in s:
             return None
         return {"session": s, "piv": piv, "events": replies[2] if events else {}}
+
+    async def read_many(self, sids: Sequence[str]) -> list[dict[str, dict[bytes, bytes]] | None]:
+        """Several sessions' hashes in one round trip.
+
+        Not a transaction (their keys live in different slots): a reader that needs one
+        session's hashes consistent checks its `ver`, as the outbox does when it commits.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in sids:
+            k = C.session_keys(sid)
+            pipe.hgetall(k[0])
+            pipe.hgetall(k[2])
+            pipe.hgetall(k[3])
+        replies = await pipe.execute()
+        out: list[dict[str, dict[bytes, bytes]] | None] = []
+        for n in range(len(sids)):
+            s, piv, events = replies[3 * n : 3 * n + 3]
+            out.append({"session": s, "piv": piv, "events": events} if s and b"status" in s else None)
+        return out
 
     async def read_view(
         self, sid: str

@@ -135,7 +135,7 @@ async def test_a_change_during_a_drain_keeps_the_outbox_entry(redis_client: aior
     [(_, queued_at)] = await store.outbox_due(10)
     # Between reading the entry and removing it, the session changes and is queued again.
     await store.update_indexes(await store.apply({sid: [_join(sid, "b", 2_000)]}))
-    assert await store.outbox_done(sid, queued_at) is False
+    assert await store.outbox_done([(sid, queued_at)]) == [False]
     [(again, newer)] = await store.outbox_due(10)
     assert again == sid and newer > queued_at
-    assert await store.outbox_done(sid, newer) is True
+    assert await store.outbox_done([(sid, newer)]) == [True]
