@@ -9,6 +9,7 @@ import logging
 import time
 
 import orjson
+from aiokafka.errors import KafkaError
 from faststream.kafka.publisher.usecase import DefaultPublisher
 from redis import exceptions as rexc
 
@@ -86,7 +87,11 @@ class Outbox:
             return_exceptions=True,
         )
         published: list[tuple[str, int]] = []
+        unreachable: list[KafkaError] = []
         for (sid, rev, pending), result in zip(sends, results, strict=True):
+            if isinstance(result, KafkaError) and result.retriable:
+                unreachable.append(result)  # the broker, not this summary: one warning, then back off
+                continue
             if isinstance(result, BaseException):
                 self._failed(sid, result)
                 continue
@@ -96,6 +101,8 @@ class Outbox:
         await self.store.mark_published(published)
         await self.store.outbox_done(done)
         self.stats.add("summaries_published", self.publisher.topic or "", len(published))
+        if unreachable:
+            raise unreachable[0]
         return len(published)
 
     async def _publish(self, sid: str, rev: int, body: bytes) -> None:
@@ -120,7 +127,7 @@ class Outbox:
                 backoff = interval_s
                 if n:
                     log.debug("published %d summaries", n)
-            except (StoreUnavailable, rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            except (StoreUnavailable, rexc.ConnectionError, rexc.TimeoutError, KafkaError, OSError) as exc:
                 backoff = min(backoff * 2, 30.0)
                 log.warning("outbox paused, retrying in %.1fs: %s", backoff, exc)
             except Exception:

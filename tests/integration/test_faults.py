@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from aiokafka.errors import KafkaConnectionError
 
 from service import constants as C
 from service.constants import Topics
@@ -139,3 +140,29 @@ async def test_a_change_during_a_drain_keeps_the_outbox_entry(redis_client: aior
     [(again, newer)] = await store.outbox_due(10)
     assert again == sid and newer > queued_at
     assert await store.outbox_done([(sid, newer)]) == [True]
+
+
+async def test_a_broker_outage_keeps_summaries_queued(redis_client: aioredis.Redis) -> None:
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+
+    class Unreachable(RecordingPublisher):
+        async def publish(self, body: bytes, **_: object) -> None:
+            if self.fail:
+                raise KafkaConnectionError("broker unreachable")
+            self.sent.append(body)
+
+    publisher = Unreachable()
+    outbox = Outbox(store, publisher, Stats())  # type: ignore[arg-type]
+    sids = [f"outage-{i}" for i in range(3)]
+    for sid in sids:
+        await store.update_indexes(await store.apply({sid: [_join(sid, "a", 1_000), _ended(sid, 60_000)]}))
+    publisher.fail = True
+    with pytest.raises(KafkaConnectionError):  # the pass fails as a whole: the loop backs off
+        await outbox.drain_once()
+    assert sorted(sid for sid, _ in await store.outbox_due(10)) == sids
+    publisher.fail = False
+    assert await outbox.drain_once() == 3
+    assert sorted(orjson.loads(b)["session_id"] for b in publisher.sent) == sids
+    assert {orjson.loads(b)["revision"] for b in publisher.sent} == {1}
+    assert await store.outbox_due(10) == []
