@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
+import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as KafkaTopicPartition
@@ -23,6 +25,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from service import constants as C
 from service.constants import RTK_PEER_EVENTS, RTK_SESSIONS, Topics
+from service.core import shapes
 from service.core.model import PeerEvent, ReferenceSession, SessionMessage
 from service.core.timeutil import iso_ms
 from service.embedded import spawn
@@ -354,3 +357,42 @@ async def group_lag(bootstrap: str, group: str, produced: Offsets) -> int:
 
 async def drained(bootstrap: str, group: str, produced: Offsets, redis: aioredis.Redis) -> bool:
     return await group_lag(bootstrap, group, produced) == 0 and await redis.zcard(C.OUTBOX) == 0
+
+
+def approx_floats(obj: Any) -> Any:
+    """Floats that count open intervals up to the query time are compared to within a second."""
+    if isinstance(obj, float):
+        return pytest.approx(obj, rel=1e-6, abs=1 / 60)
+    if isinstance(obj, dict):
+        return {k: approx_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [approx_floats(v) for v in obj]
+    return obj
+
+
+async def assert_state_matches(api: httpx.AsyncClient, expected: dict[str, ReferenceSession]) -> None:
+    """Every number of CONTRACT 4.1 and 4.2, read through the API, equals the reference."""
+    for sid, ref in expected.items():
+        view = ref.view()
+        r = await api.get(f"/v1/sessions/{sid}")
+        assert r.status_code == 200, r.text
+        now = int(time.time() * 1000)
+        assert r.json()["data"] == approx_floats(shapes.session_object(view, now)), sid
+
+        r = await api.get(
+            f"/v1/sessions/{sid}/participants", params={"per_page": 100, "include_peer_events": "true"}
+        )
+        body = r.json()
+        got = body["data"]["participants"]
+        want = [shapes.participant_object(p, now) for p in shapes.participants_in_order(view)]
+        assert [{k: v for k, v in p.items() if k != "peer_events"} for p in got] == approx_floats(want), sid
+        assert body["paging"]["total_count"] == len(view.peers)
+        for p, peer in zip(got, shapes.participants_in_order(view), strict=True):
+            assert len(p["peer_events"]) == len(peer.events), (sid, peer.peer_id)
+
+        if view.status == "ENDED":
+            r = await api.get(f"/v1/sessions/{sid}/report")
+            report = r.json()["data"]
+            assert {
+                k: v for k, v in report.items() if k not in ("message_id", "revision")
+            } == shapes.session_summary(view, now)

@@ -22,6 +22,7 @@ from service.store import Store
 
 from .harness import (
     WorkerProcess,
+    assert_state_matches,
     consume_all,
     drained,
     group_lag,
@@ -31,7 +32,6 @@ from .harness import (
     wait_for,
     worker_env,
 )
-from .test_pipeline import assert_state_matches
 
 pytestmark = pytest.mark.integration
 EMBEDDED_REDIS = not os.environ.get("SESSIONPULSE_TEST_REDIS_URL")

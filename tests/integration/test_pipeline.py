@@ -15,12 +15,12 @@ import redis.asyncio as aioredis
 from service import constants as C
 from service.constants import Topics
 from service.core import shapes
-from service.core.model import ReferenceSession
 
 from .harness import (
     Log,
     Offsets,
     WorkerProcess,
+    assert_state_matches,
     consume_all,
     drained,
     group_lag,
@@ -34,45 +34,6 @@ from .harness import (
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
-
-
-def approx_floats(obj: Any) -> Any:
-    """Floats that count open intervals up to the query time are compared to within a second."""
-    if isinstance(obj, float):
-        return pytest.approx(obj, rel=1e-6, abs=1 / 60)
-    if isinstance(obj, dict):
-        return {k: approx_floats(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [approx_floats(v) for v in obj]
-    return obj
-
-
-async def assert_state_matches(api: httpx.AsyncClient, expected: dict[str, ReferenceSession]) -> None:
-    """Every number of CONTRACT 4.1 and 4.2, read through the API, equals the reference."""
-    for sid, ref in expected.items():
-        view = ref.view()
-        r = await api.get(f"/v1/sessions/{sid}")
-        assert r.status_code == 200, r.text
-        now = int(time.time() * 1000)
-        assert r.json()["data"] == approx_floats(shapes.session_object(view, now)), sid
-
-        r = await api.get(
-            f"/v1/sessions/{sid}/participants", params={"per_page": 100, "include_peer_events": "true"}
-        )
-        body = r.json()
-        got = body["data"]["participants"]
-        want = [shapes.participant_object(p, now) for p in shapes.participants_in_order(view)]
-        assert [{k: v for k, v in p.items() if k != "peer_events"} for p in got] == approx_floats(want), sid
-        assert body["paging"]["total_count"] == len(view.peers)
-        for p, peer in zip(got, shapes.participants_in_order(view), strict=True):
-            assert len(p["peer_events"]) == len(peer.events), (sid, peer.peer_id)
-
-        if view.status == "ENDED":
-            r = await api.get(f"/v1/sessions/{sid}/report")
-            report = r.json()["data"]
-            assert {
-                k: v for k, v in report.items() if k not in ("message_id", "revision")
-            } == shapes.session_summary(view, now)
 
 
 async def run_to_completion(
