@@ -72,23 +72,20 @@ class Outbox:
             queued[sid] = queued_at
 
         outcomes = await self.store.commit_summaries(commits)
-        sends: list[tuple[str, int, bool]] = []  # session, revision, and whether it was pending
-        bodies: list[bytes] = []
+        sends: list[tuple[str, int, bytes, bool]] = []  # session, revision, body, whether it was pending
         for (sid, *_), (kind, rev, body) in zip(commits, outcomes, strict=True):
             if kind == "retry":
                 continue  # the state moved on while we built it: the next pass rebuilds
             if body:
-                sends.append((sid, rev, kind == "pending"))
-                bodies.append(body)
+                sends.append((sid, rev, body, kind == "pending"))
             else:
                 done.append((sid, queued[sid]))
         results = await asyncio.gather(
-            *(self._publish(sid, rev, body) for (sid, rev, _), body in zip(sends, bodies, strict=True)),
-            return_exceptions=True,
+            *(self._publish(sid, rev, body) for sid, rev, body, _ in sends), return_exceptions=True
         )
         published: list[tuple[str, int]] = []
         unreachable: list[KafkaError] = []
-        for (sid, rev, pending), result in zip(sends, results, strict=True):
+        for (sid, rev, _, pending), result in zip(sends, results, strict=True):
             if isinstance(result, KafkaError) and result.retriable:
                 unreachable.append(result)  # the broker, not this summary: one warning, then back off
                 continue

@@ -237,10 +237,7 @@ class Store:
         if events:
             pipe.hgetall(k[3])
         replies = await pipe.execute()
-        s, piv = replies[0], replies[1]
-        if not s or b"status" not in s:
-            return None
-        return {"session": s, "piv": piv, "events": replies[2] if events else {}}
+        return _session_raw(replies[0], replies[1], replies[2] if events else {})
 
     async def read_many(self, sids: Sequence[str]) -> list[dict[str, dict[bytes, bytes]] | None]:
         """Several sessions' hashes in one round trip.
@@ -255,11 +252,7 @@ class Store:
             pipe.hgetall(k[2])
             pipe.hgetall(k[3])
         replies = await pipe.execute()
-        out: list[dict[str, dict[bytes, bytes]] | None] = []
-        for n in range(len(sids)):
-            s, piv, events = replies[3 * n : 3 * n + 3]
-            out.append({"session": s, "piv": piv, "events": events} if s and b"status" in s else None)
-        return out
+        return [_session_raw(*replies[3 * n : 3 * n + 3]) for n in range(len(sids))]
 
     async def read_view(
         self, sid: str
@@ -270,6 +263,15 @@ class Store:
             return None
         events = events_by_peer(raw["events"])
         return view_from_raw(sid, raw, events), raw["session"], events
+
+
+def _session_raw(
+    session: dict[bytes, bytes], piv: dict[bytes, bytes], events: dict[bytes, bytes]
+) -> dict[str, dict[bytes, bytes]] | None:
+    """A session's hashes as read, or None when it does not exist (expired, or never seen)."""
+    if not session or b"status" not in session:
+        return None
+    return {"session": session, "piv": piv, "events": events}
 
 
 def events_by_peer(fields: Mapping[bytes, bytes]) -> dict[str, dict[int, str]]:
