@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("worker", help="consume Kafka, keep session state in Redis, publish summaries")
-    sub.add_parser("api", help="serve the read API (and, later, webhook intake)")
+    sub.add_parser("api", help="serve the read API and the webhook intake")
     dev = sub.add_parser("dev", help="everything on one machine: embedded broker and Redis, worker, API")
     dev.add_argument("--demo", action="store_true", help="feed synthetic live meetings")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""`python -m service api`: the read API over Redis state (CONTRACT 7), with health and readiness."""
+"""`python -m service api`: the read API over Redis state (CONTRACT 7), webhook intake, health."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -19,7 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import constants as C
 from .core import shapes
 from .core.model import PeerView, SessionView
-from .core.timeutil import parse_iso_ms
+from .core.timeutil import iso_ms, parse_iso_ms
+from .intake import install_intake
 from .outbox import content_hash
 from .runtime import Runtime, build_runtime, configure_logging
 from .store import view_from_raw, zset_members
@@ -115,7 +117,7 @@ class Readiness:
         while True:
             try:
                 if not self.kafka_ok:
-                    await self.rt.broker.connect()
+                    await self.rt.connect_broker()
                 self.kafka_ok = await self.rt.broker.ping(timeout=5.0)
                 self.kafka_error = "" if self.kafka_ok else "broker did not answer"
                 backoff = 5.0
@@ -184,13 +186,15 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
             status_code=exc.status_code,
         )
 
+    install_intake(app, rt)
+
     # The caller's organization: a dependency of every /v1 route (`*` when API_KEYS is unset).
     org_dep = Depends(auth.organization)
 
     async def load(
-        session_id: str, org: str
+        session_id: str, org: str, *, events: bool = True
     ) -> tuple[SessionView, dict[bytes, bytes], dict[str, dict[int, str]]]:
-        got = await store.read_view(session_id)
+        got = await store.read_view(session_id, events=events)
         # Another organization's session answers exactly like a missing one: ids do not leak.
         if got is None or (org != "*" and got[0].meta.get("organization_id") != org):
             raise _not_found("session")
@@ -248,6 +252,26 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         ]
         return _ok({"sessions": sessions}, _paging(len(ids), page_no, per_page, len(sessions)))
 
+    # Declared before the /v1/sessions/{session_id}/... routes, which its path would also match.
+    @app.get("/v1/sessions/peer-report/{peer_id}", tags=["participants"])
+    async def peer_report(peer_id: str, org: str = org_dep) -> JSON:
+        found = await store.read_report(peer_id)
+        if found is None:
+            raise _not_found("peer report")
+        session_id, report = found
+        try:
+            view, _, events = await load(session_id, org)
+        except ApiError:
+            raise _not_found("peer report") from None
+        peer = view.peers.get(peer_id)
+        obj: dict[str, Any] = (
+            shapes.participant_object(peer, _now_ms()) if peer is not None else {"id": peer_id}
+        )
+        obj["peer_events"] = _peer_events(peer, events) if peer is not None else []
+        obj["session_id"] = session_id
+        obj["peer_report"] = orjson.loads(report)
+        return _ok({"participant": obj})
+
     @app.get("/v1/sessions/{session_id}", tags=["sessions"])
     async def get_session(session_id: str, org: str = org_dep) -> JSON:
         view, _, _ = await load(session_id, org)
@@ -284,6 +308,72 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         if include_peer_events:
             obj["peer_events"] = _peer_events(peer, events)
         return _ok({"participant": obj})
+
+    def artifact(view: SessionView, slot: str, what: str) -> dict[str, Any]:
+        found: dict[str, Any] | None = view.artifacts.get(slot)
+        if not found:
+            raise ApiError(404, "not_found", f"no {what} is known for this session yet")
+        return found
+
+    @app.get("/v1/sessions/{session_id}/chat", tags=["artifacts"])
+    async def chat(session_id: str, org: str = org_dep) -> JSON:
+        view, _, _ = await load(session_id, org, events=False)
+        link = artifact(view, "chat", "chat download link")
+        return _ok({"chat_download_url": link["url"], "chat_download_url_expiry": link["expiry"]})
+
+    @app.get("/v1/sessions/{session_id}/transcript", tags=["artifacts"])
+    async def transcript(session_id: str, org: str = org_dep) -> JSON:
+        view, _, _ = await load(session_id, org, events=False)
+        link = artifact(view, "transcript", "transcript")
+        return _ok(
+            {
+                "sessionId": session_id,
+                "transcript_download_url": link["url"],
+                "transcript_download_url_expiry": link["expiry"],
+            }
+        )
+
+    @app.get("/v1/sessions/{session_id}/summary", tags=["artifacts"])
+    async def get_summary(session_id: str, org: str = org_dep) -> JSON:
+        view, _, _ = await load(session_id, org, events=False)
+        link = artifact(view, "summary", "transcript summary")
+        return _ok(
+            {
+                "sessionId": session_id,
+                "summaryDownloadUrl": link["url"],
+                "summaryDownloadUrlExpiry": link["expiry"],
+            }
+        )
+
+    @app.post("/v1/sessions/{session_id}/summary", tags=["artifacts"], status_code=202)
+    async def request_summary(session_id: str, org: str = org_dep) -> JSON:
+        view, _, _ = await load(session_id, org, events=False)
+        request_id = str(uuid.uuid4())
+        request = {
+            "request_id": request_id,
+            "session_id": session_id,
+            "meeting_id": view.meta.get("associated_id"),
+            "organization_id": view.meta.get("organization_id"),
+            "requested_at": iso_ms(_now_ms()),
+        }
+
+        async def send() -> None:
+            await rt.connect_broker()
+            await rt.broker.publish(
+                orjson.dumps(request),
+                topic=rt.topics.summary_requests,
+                key=session_id.encode(),
+                headers={"request_id": request_id},
+            )
+
+        try:
+            await asyncio.wait_for(send(), timeout=10.0)
+        except Exception as exc:
+            log.warning("summary request for a session not queued: %s", type(exc).__name__)
+            raise ApiError(503, "unavailable", "the request could not be queued; retry later") from exc
+        return JSON(
+            {"success": True, "data": {"session_id": session_id, "status": "queued"}}, status_code=202
+        )
 
     @app.get("/v1/sessions/{session_id}/report", tags=["sessions"])
     async def report(session_id: str, org: str = org_dep) -> JSON:

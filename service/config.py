@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
     outbox_interval_seconds: float = Field(default=0.5, gt=0)
     redis_retry_max_seconds: float = Field(default=30.0, gt=0)
+    webhook_dedupe_ttl_seconds: int = Field(default=86_400, gt=0)
     log_level: str = "INFO"
 
     @field_validator("topic_prefix")

@@ -37,8 +37,32 @@ class Topics:
         return self.name(RTK_PEER_EVENTS)
 
     @property
+    def peer_reports(self) -> str:
+        return self.name(RTK_PEER_REPORTS)
+
+    @property
+    def rtk_webhooks(self) -> str:
+        return self.name(RTK_WEBHOOKS)
+
+    @property
+    def livepeer_sessions(self) -> str:
+        return self.name(LIVEPEER_SESSIONS)
+
+    @property
+    def livepeer_webhooks(self) -> str:
+        return self.name(LIVEPEER_WEBHOOKS)
+
+    @property
     def summaries(self) -> str:
         return self.name(SUMMARIES)
+
+    @property
+    def transcript_ready(self) -> str:
+        return self.name(TRANSCRIPT_READY)
+
+    @property
+    def summary_requests(self) -> str:
+        return self.name(SUMMARY_REQUESTS)
 
     @property
     def dead_letter(self) -> str:
@@ -64,9 +88,16 @@ def session_keys(session_id: str) -> list[str]:
         f"{KEY_PREFIX}:{tag}:piv",  # HASH  peer id -> connection intervals
         f"{KEY_PREFIX}:{tag}:events",  # HASH  dedupe key -> peer event JSON as received
         f"{KEY_PREFIX}:{tag}:ids",  # SET   peer event ids and session message digests seen
+        f"{KEY_PREFIX}:{tag}:art",  # HASH  webhook artifacts: v:<slot> -> JSON, r:<slot> -> rank
     ]
+
+
+def report_key(peer_id: str) -> str:
+    """The newest PeerReport of one peer (a HASH: session_id, rank, peer_report)."""
+    return f"{KEY_PREFIX}:report:{{{peer_id}}}"
 
 
 IDX_SESSIONS = f"{KEY_PREFIX}:idx:sessions"  # ZSET session id by started_at ms
 IDX_LIVE = f"{KEY_PREFIX}:idx:live"  # ZSET live session id by newest event ms
-OUTBOX = f"{KEY_PREFIX}:outbox"  # ZSET session id with outbound messages due, by enqueue ms
+WEBHOOK_SEEN = f"{KEY_PREFIX}:webhook"  # STRING <this>:<provider>:<delivery id>, set once published
+OUTBOX = f"{KEY_PREFIX}:outbox"  # ZSET session id with outbound messages due, by change counter

@@ -1,4 +1,4 @@
-"""The summary outbox: turns sessions flagged in Redis into SessionSummary messages on Kafka."""
+"""The outbox: turns sessions flagged in Redis into SessionSummary and TranscriptReady messages."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiokafka.errors import KafkaError
@@ -14,6 +17,7 @@ from faststream.kafka.publisher.usecase import DefaultPublisher
 from redis import exceptions as rexc
 
 from .core import shapes
+from .core.model import SessionView
 from .errors import StoreUnavailable
 from .stats import Stats
 from .store import Store, events_by_peer, view_from_raw
@@ -21,90 +25,134 @@ from .store import Store, events_by_peer, view_from_raw
 log = logging.getLogger(__name__)
 
 
-def summary_body(content: dict[str, object], session_id: str, revision: int) -> bytes:
-    msg = {"message_id": shapes.summary_message_id(session_id), "revision": revision, **content}
-    return orjson.dumps(msg)
+def content_hash(followed: Any) -> str:
+    """What a channel's revisions follow, hashed: a new revision only when this changes."""
+    return hashlib.sha1(
+        orjson.dumps(followed, option=orjson.OPT_SORT_KEYS), usedforsecurity=False
+    ).hexdigest()
 
 
-def content_hash(content: dict[str, object]) -> str:
-    return hashlib.sha1(orjson.dumps(content, option=orjson.OPT_SORT_KEYS), usedforsecurity=False).hexdigest()
+@dataclass(frozen=True)
+class Channel:
+    """One kind of outbound message: its Redis field prefix, topic, message id and content.
+
+    ``build`` gives (content, what its revisions follow) or None when nothing is due yet:
+    a new revision is stored only when the followed part changes.
+    """
+
+    name: str
+    publisher: DefaultPublisher
+    message_id: Callable[[str], str]
+    build: Callable[[SessionView], tuple[dict[str, Any], Any] | None]
+
+    def body(self, sid: str, revision: int, content: dict[str, Any]) -> bytes:
+        return orjson.dumps({"message_id": self.message_id(sid), "revision": revision, **content})
+
+
+def _summary(view: SessionView) -> tuple[dict[str, Any], Any] | None:
+    if view.status != "ENDED":
+        return None
+    content = shapes.session_summary(view, now_ms=view.ended_ms or 0)
+    return content, content  # re-issued whenever late data changed any of it
+
+
+def _transcript(view: SessionView) -> tuple[dict[str, Any], Any] | None:
+    content = shapes.transcript_ready(view)
+    if content is None:
+        return None
+    # Once per session: a next revision only when the link itself changes, not the session.
+    return content, (content["transcript_download_url"], content["transcript_download_url_expiry"])
+
+
+def channels(summaries: DefaultPublisher, transcripts: DefaultPublisher) -> tuple[Channel, ...]:
+    return (
+        Channel("summary", summaries, shapes.summary_message_id, _summary),
+        Channel("transcript", transcripts, shapes.transcript_message_id, _transcript),
+    )
 
 
 class Outbox:
     """Drains `sp:outbox`. Publishes at least once; every copy of a revision is the stored bytes."""
 
-    def __init__(self, store: Store, publisher: DefaultPublisher, stats: Stats, *, chunk: int = 200) -> None:
+    def __init__(self, store: Store, channels: Sequence[Channel], stats: Stats, *, chunk: int = 200) -> None:
         self.store = store
-        self.publisher = publisher
+        self.channels = {c.name: c for c in channels}
         self.stats = stats
         self.chunk = chunk
         self.wake = asyncio.Event()
 
     async def drain_once(self) -> int:
-        """One pass over a chunk of due sessions; returns how many summaries it published.
+        """One pass over a chunk of due sessions; returns how many messages it published.
 
         A handful of round trips for the whole chunk: read, commit, publish, record, remove.
-        Redis being down fails the pass as a whole (it backs off); a session whose summary
+        Redis being down fails the pass as a whole (it backs off); a session whose message
         cannot be built or published stays in the outbox without holding back the others.
         """
         due = await self.store.outbox_due(self.chunk)
         if not due:
             return 0
         raws = await self.store.read_many([sid for sid, _ in due])
-        done: list[tuple[str, int]] = []
-        commits: list[tuple[str, str, int, str, bytes]] = []
+        commits: list[tuple[str, str, str, int, str, bytes]] = []
         queued: dict[str, int] = {}
+        unfinished: dict[str, int] = {}  # session -> channels still to be confirmed this pass
         for (sid, queued_at), raw in zip(due, raws, strict=True):
-            if raw is None or raw["session"][b"status"] != b"ENDED":  # expired, or not ended
-                done.append((sid, queued_at))
+            queued[sid] = queued_at
+            unfinished[sid] = 0
+            if raw is None:  # expired, or deleted by hand
                 continue
+            session = raw["session"]
             try:
                 view = view_from_raw(sid, raw, events_by_peer(raw["events"]))
-                content = shapes.session_summary(view, now_ms=view.ended_ms or 0)
+                built = [(ch, ch.build(view)) for ch in self.channels.values()]
             except Exception as exc:
-                self._failed(sid, exc)
+                self._failed(sid, "all", exc)
+                unfinished[sid] += 1  # stays queued
                 continue
-            rev_seen = int(raw["session"].get(b"summary_rev", b"0"))
-            ver = raw["session"].get(b"ver", b"0").decode()
-            commits.append(
-                (sid, ver, rev_seen, content_hash(content), summary_body(content, sid, rev_seen + 1))
-            )
-            queued[sid] = queued_at
+            ver = session.get(b"ver", b"0").decode()
+            for ch, got in built:
+                if got is None:
+                    continue
+                content, followed = got
+                rev_seen = int(session.get(f"{ch.name}_rev".encode(), b"0"))
+                commits.append(
+                    (sid, ch.name, ver, rev_seen, content_hash(followed), ch.body(sid, rev_seen + 1, content))
+                )
+                unfinished[sid] += 1
 
-        outcomes = await self.store.commit_summaries(commits)
-        sends: list[tuple[str, int, bytes, bool]] = []  # session, revision, body, whether it was pending
-        for (sid, *_), (kind, rev, body) in zip(commits, outcomes, strict=True):
+        outcomes = await self.store.commit_revisions(commits)
+        sends: list[tuple[str, Channel, int, bytes, bool]] = []  # session, channel, rev, body, was pending
+        for (sid, name, *_), (kind, rev, body) in zip(commits, outcomes, strict=True):
             if kind == "retry":
                 continue  # the state moved on while we built it: the next pass rebuilds
             if body:
-                sends.append((sid, rev, body, kind == "pending"))
+                sends.append((sid, self.channels[name], rev, body, kind == "pending"))
             else:
-                done.append((sid, queued[sid]))
+                unfinished[sid] -= 1
         results = await asyncio.gather(
-            *(self._publish(sid, rev, body) for sid, rev, body, _ in sends), return_exceptions=True
+            *(self._publish(sid, ch, rev, body) for sid, ch, rev, body, _ in sends), return_exceptions=True
         )
-        published: list[tuple[str, int]] = []
+        published: list[tuple[str, str, int]] = []
         unreachable: list[KafkaError] = []
-        for (sid, rev, _, pending), result in zip(sends, results, strict=True):
+        for (sid, ch, rev, _, pending), result in zip(sends, results, strict=True):
             if isinstance(result, KafkaError) and result.retriable:
-                unreachable.append(result)  # the broker, not this summary: one warning, then back off
+                unreachable.append(result)  # the broker, not this message: one warning, then back off
                 continue
             if isinstance(result, BaseException):
-                self._failed(sid, result)
+                self._failed(sid, ch.name, result)
                 continue
-            published.append((sid, rev))
+            published.append((sid, ch.name, rev))
+            self.stats.add(f"{ch.name}_published", ch.publisher.topic or "")
             if not pending:  # after a pending revision went out, the next pass commits the new one
-                done.append((sid, queued[sid]))
+                unfinished[sid] -= 1
         await self.store.mark_published(published)
-        await self.store.outbox_done(done)
-        self.stats.add("summaries_published", self.publisher.topic or "", len(published))
+        await self.store.outbox_done([(sid, queued[sid]) for sid, left in unfinished.items() if left == 0])
         if unreachable:
             raise unreachable[0]
         return len(published)
 
-    async def _publish(self, sid: str, rev: int, body: bytes) -> None:
-        message_id = shapes.summary_message_id(sid)
-        await self.publisher.publish(
+    async def _publish(self, sid: str, ch: Channel, rev: int, body: bytes) -> None:
+        message_id = ch.message_id(sid)
+        await ch.publisher.publish(
             body,
             key=sid.encode(),
             headers={"message_id": message_id, "revision": str(rev)},
@@ -112,9 +160,9 @@ class Outbox:
             correlation_id=f"{message_id}:{rev}",
         )
 
-    def _failed(self, sid: str, exc: BaseException) -> None:
-        self.stats.add("summary_failures", self.publisher.topic or "")
-        log.error("summary of session %r failed, kept in the outbox: %r", sid, exc)
+    def _failed(self, sid: str, channel: str, exc: BaseException) -> None:
+        self.stats.add("outbox_failures", channel)
+        log.error("%s message of session %r failed, kept in the outbox: %r", channel, sid, exc)
 
     async def run(self, interval_s: float, stopping: asyncio.Event) -> None:
         backoff = interval_s

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from faststream.kafka import KafkaBroker
@@ -41,6 +42,9 @@ def build_broker(settings: Settings) -> KafkaBroker:
         acks="all",
         # Real Kafka: on. The embedded tansu broker does not implement InitProducerId.
         enable_idempotence=settings.kafka_enable_idempotence,
+        # Webhook bodies may be up to 1 MiB, plus the record's own overhead; the webhook topics
+        # are created with a matching max.message.bytes (docker-compose.yml, deploy/).
+        max_request_size=2 * 1024 * 1024,
         graceful_timeout=30.0,
     )
 
@@ -52,6 +56,12 @@ class Runtime:
     redis: Redis
     store: Store
     broker: KafkaBroker
+    _connecting: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    async def connect_broker(self) -> None:
+        """Connect the broker's producer once, whoever asks first (it returns at once when connected)."""
+        async with self._connecting:
+            await self.broker.connect()
 
 
 def build_runtime(settings: Settings | None = None) -> Runtime:

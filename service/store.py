@@ -1,4 +1,4 @@
-"""The Redis adapter: session scripts, global indexes, the summary outbox and the read side."""
+"""The Redis adapter: session scripts, global indexes, peer reports, the outbox and the read side."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from redis.asyncio import Redis
 
 from . import constants as C
 from .core.intervals import Totals, parse_intervals
-from .core.model import PeerEvent, SessionMessage, SessionView, build_view
+from .core.model import Artifact, PeerEvent, PeerReport, SessionMessage, SessionView, build_view
 from .errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-Command = PeerEvent | SessionMessage
+Command = PeerEvent | SessionMessage | Artifact
+Channel = str  # an outbound message kind with its own revisions: "summary" or "transcript"
 
 
 # redis-py types replies for either client mode; ours is built without `decode_responses`,
@@ -53,9 +54,10 @@ class Script:
 
 
 APPLY = Script("apply_rtk", _script("apply_rtk"))
-SUMMARY = Script("summary", _script("summary"))
+REVISION = Script("revision", _script("revision"))
 OUTBOX_DONE = Script("outbox_done", _script("outbox_done"))
-SCRIPTS = (APPLY, SUMMARY, OUTBOX_DONE)
+PEER_REPORT = Script("peer_report", _script("peer_report"))
+SCRIPTS = (APPLY, REVISION, OUTBOX_DONE, PEER_REPORT)
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,12 @@ def _items(commands: Iterable[Command]) -> list[str]:
     for c in commands:
         if isinstance(c, PeerEvent):
             argv += ["P", c.event_id, c.peer_id, str(c.encoded), str(c.t_ms), c.raw_json, ""]
-        else:
+        elif isinstance(c, SessionMessage):
+            started = "" if c.started_ms is None else str(c.started_ms)
             ended = "" if c.ended_ms is None else str(c.ended_ms)
-            argv += ["S", c.digest, c.status, str(c.updated_ms), str(c.started_ms), ended, c.meta_json]
+            argv += ["S", c.digest, c.status, str(c.updated_ms), started, ended, c.meta_json]
+        else:
+            argv += ["A", c.slot, c.rank, c.value_json, "", "", ""]
     return argv
 
 
@@ -192,30 +197,48 @@ class Store:
         ids = await self.redis.zrangebyscore(C.IDX_LIVE, "-inf", f"({before_ms}", start=offset, num=limit)
         return [i.decode() for i in zset_members(ids)]
 
-    # --- summary outbox -------------------------------------------------------------
+    async def put_reports(self, reports: Sequence[PeerReport]) -> list[bool]:
+        """Keep each peer's newest report; True where a report was stored, False if not newer."""
+        calls = [
+            ([C.report_key(r.peer_id)], [r.rank, r.session_id, r.report_json, str(self.retention_ms)])
+            for r in reports
+        ]
+        return [bool(x) for x in await self._evalsha_many(PEER_REPORT, calls)] if calls else []
+
+    async def read_report(self, peer_id: str) -> tuple[str, bytes] | None:
+        """(session id, PeerReport JSON) of the peer's newest report, if any."""
+        got = cast(
+            list[bytes | None], await self.redis.hmget(C.report_key(peer_id), ["session_id", "peer_report"])
+        )
+        sid, report = got
+        if sid is None or report is None:
+            return None
+        return sid.decode(), report
+
+    # --- outbox -------------------------------------------------------------------------
 
     async def outbox_due(self, limit: int) -> list[tuple[str, int]]:
         """Sessions with outbound messages due, with the change counter they were queued at."""
         entries = await self.redis.zrange(C.OUTBOX, 0, limit - 1, withscores=True)
         return [(m.decode(), int(score)) for m, score in _zset_scored_members(entries)]
 
-    async def commit_summaries(
-        self, items: Sequence[tuple[str, str, int, str, bytes]]
+    async def commit_revisions(
+        self, items: Sequence[tuple[str, Channel, str, int, str, bytes]]
     ) -> list[tuple[str, int, bytes]]:
-        """For each (session, ver read, summary_rev read, content hash, body): (kind, revision,
-        body to publish or b''), in one round trip; the kinds are summary.lua's."""
+        """For each (session, channel, ver read, <channel>_rev read, content hash, body):
+        (kind, revision, body to publish or b''), in one round trip; the kinds are revision.lua's."""
         calls: list[tuple[Sequence[str], Sequence[str | bytes]]] = [
-            ([C.session_keys(sid)[0]], ["commit", ver, str(rev_seen), digest, body])
-            for sid, ver, rev_seen, digest, body in items
+            ([C.session_keys(sid)[0]], ["commit", ch, ver, str(rev_seen), digest, body])
+            for sid, ch, ver, rev_seen, digest, body in items
         ]
-        replies = await self._evalsha_many(SUMMARY, calls) if calls else []
+        replies = await self._evalsha_many(REVISION, calls) if calls else []
         return [(r[0].decode(), int(r[1]), r[2]) for r in replies]
 
-    async def mark_published(self, published: Sequence[tuple[str, int]]) -> None:
-        """Record, per session, the revision the broker acknowledged."""
-        calls = [([C.session_keys(sid)[0]], ["published", str(rev)]) for sid, rev in published]
+    async def mark_published(self, published: Sequence[tuple[str, Channel, int]]) -> None:
+        """Record, per session and channel, the revision the broker acknowledged."""
+        calls = [([C.session_keys(sid)[0]], ["published", ch, str(rev)]) for sid, ch, rev in published]
         if calls:
-            await self._evalsha_many(SUMMARY, calls)
+            await self._evalsha_many(REVISION, calls)
 
     async def outbox_done(self, entries: Sequence[tuple[str, int]]) -> list[bool]:
         """Drop drained entries, each unless its session changed since it was read."""
@@ -234,10 +257,11 @@ class Store:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hgetall(k[0])
         pipe.hgetall(k[2])
+        pipe.hgetall(k[5])
         if events:
             pipe.hgetall(k[3])
         replies = await pipe.execute()
-        return _session_raw(replies[0], replies[1], replies[2] if events else {})
+        return _session_raw(replies[0], replies[1], replies[2], replies[3] if events else {})
 
     async def read_many(self, sids: Sequence[str]) -> list[dict[str, dict[bytes, bytes]] | None]:
         """Several sessions' hashes in one round trip.
@@ -250,28 +274,34 @@ class Store:
             k = C.session_keys(sid)
             pipe.hgetall(k[0])
             pipe.hgetall(k[2])
+            pipe.hgetall(k[5])
             pipe.hgetall(k[3])
         replies = await pipe.execute()
-        return [_session_raw(*replies[3 * n : 3 * n + 3]) for n in range(len(sids))]
+        return [_session_raw(*replies[4 * n : 4 * n + 4]) for n in range(len(sids))]
 
     async def read_view(
-        self, sid: str
+        self, sid: str, *, events: bool = True
     ) -> tuple[SessionView, dict[bytes, bytes], dict[str, dict[int, str]]] | None:
         """The session's view, its raw session hash, and its stored peer events by peer."""
-        raw = await self.read_raw(sid)
+        raw = await self.read_raw(sid, events=events)
         if raw is None:
             return None
-        events = events_by_peer(raw["events"])
-        return view_from_raw(sid, raw, events), raw["session"], events
+        by_peer = events_by_peer(raw["events"])
+        return view_from_raw(sid, raw, by_peer), raw["session"], by_peer
 
 
 def _session_raw(
-    session: dict[bytes, bytes], piv: dict[bytes, bytes], events: dict[bytes, bytes]
+    session: dict[bytes, bytes], piv: dict[bytes, bytes], art: dict[bytes, bytes], events: dict[bytes, bytes]
 ) -> dict[str, dict[bytes, bytes]] | None:
     """A session's hashes as read, or None when it does not exist (expired, or never seen)."""
     if not session or b"status" not in session:
         return None
-    return {"session": session, "piv": piv, "events": events}
+    return {"session": session, "piv": piv, "art": art, "events": events}
+
+
+def artifacts_from_raw(art: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """The `art` hash's values (fields `v:<slot>`) by slot."""
+    return {f[2:].decode(): orjson.loads(v) for f, v in art.items() if f.startswith(b"v:")}
 
 
 def events_by_peer(fields: Mapping[bytes, bytes]) -> dict[str, dict[int, str]]:
@@ -323,4 +353,5 @@ def view_from_raw(
             closed_ms=_int(s, "closed_ms") or 0,
             open_start_sum=_int(s, "open_start_sum") or 0,
         ),
+        artifacts=artifacts_from_raw(raw.get("art", {})),
     )

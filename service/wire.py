@@ -9,7 +9,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from .core.intervals import CODE_BY_EVENT_NAME
-from .core.model import PeerEvent, SessionMessage
+from .core.model import PeerEvent, PeerReport, SessionMessage
 from .core.timeutil import TimestampError, parse_iso_ms
 from .errors import InvalidMessage
 
@@ -59,6 +59,16 @@ class RtkPeerEventIn(BaseModel):
     preset_name: str | None = None
     organization_id: str | None = None
     associated_id: str | None = None
+
+
+class RtkPeerReportIn(BaseModel):
+    """An `rtk.peer-reports` message: a seed-003 PeerReport with the peer and session it is about."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    session_id: Id
+    peer_id: Id
+    peer_report: dict[str, Any]
 
 
 def load_object(raw: bytes | None) -> dict[str, Any]:
@@ -159,3 +169,15 @@ def decode_peer_event(raw: bytes, key: bytes | None) -> PeerEvent:
         t_ms=t_ms,
         raw_json=raw.decode("utf-8"),
     )
+
+
+def decode_peer_report(raw: bytes, timestamp_ms: int) -> PeerReport:
+    """A peer report; ``timestamp_ms`` is the record's Kafka timestamp.
+
+    A PeerReport carries no time of its own, so the newest is the one produced last
+    (the record timestamp, kept in the log, so a replay picks the same one), ties going
+    to the greater content.
+    """
+    msg: RtkPeerReportIn = _validate(RtkPeerReportIn, load_object(raw))
+    rank = f"{max(timestamp_ms, 0):015d}|{hashlib.sha1(raw, usedforsecurity=False).hexdigest()}"
+    return PeerReport(msg.session_id, msg.peer_id, rank, orjson.dumps(msg.peer_report).decode())

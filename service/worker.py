@@ -1,7 +1,9 @@
 """`python -m service worker`: FastStream batch consumer that applies RealtimeKit facts to Redis.
 
-One batch is handled as: decode every record (bad ones are dead-lettered), group by
-session, one pipelined script call per session, index upkeep, then the offset commit.
+It reads `rtk.sessions`, `rtk.peer-events`, `rtk.webhooks` and `rtk.peer-reports`. One
+batch is handled as: decode every record (bad ones are dead-lettered), group by session,
+one pipelined script call per session (and one per peer report), index upkeep, then the
+offset commit.
 Nothing is committed before Redis holds every effect of the batch; on any retriable
 fault the whole batch is retried, which is safe because every script is idempotent.
 """
@@ -14,6 +16,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -24,20 +27,33 @@ from faststream import AckPolicy, FastStream
 from faststream.kafka.annotations import KafkaMessage
 from redis import exceptions as rexc
 
+from .core.model import PeerReport
 from .errors import InvalidMessage, StoreUnavailable
-from .outbox import Outbox
+from .outbox import Outbox, channels
 from .runtime import Runtime, build_runtime, configure_logging
 from .stats import Stats
 from .store import Command
-from .wire import decode_peer_event, decode_session
+from .webhooks import decode_rtk_webhook
+from .wire import decode_peer_event, decode_peer_report, decode_session
 
 log = logging.getLogger("service.worker")
 
-_LETTER_OUTCOME = {"A": "applied", "L": "applied", "D": "duplicate", "N": "applied"}
+Decoded = list[Command] | PeerReport
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass
+class Batch:
+    """One batch, decoded: commands by session (with the records they came from and how many
+    commands each gave), peer reports, and invalid records with their reason."""
+
+    by_session: dict[str, list[Command]] = field(default_factory=lambda: defaultdict(list))
+    sources: dict[str, list[tuple[ConsumerRecord, int]]] = field(default_factory=lambda: defaultdict(list))
+    reports: list[tuple[ConsumerRecord, PeerReport]] = field(default_factory=list)
+    bad: list[tuple[ConsumerRecord, InvalidMessage]] = field(default_factory=list)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -70,50 +86,67 @@ class Worker:
             title="sessions.summaries",
             description="One SessionSummary per ended session; re-issued with a higher revision on late data.",
         )
-        self.outbox = Outbox(rt.store, self.summaries, self.stats)
+        self.transcripts = rt.broker.publisher(
+            self.topics.transcript_ready,
+            title="sessions.transcript-ready",
+            description="One TranscriptReady per session whose transcript link became known.",
+        )
+        self.outbox = Outbox(rt.store, channels(self.summaries, self.transcripts), self.stats)
         self.consumer: Any = None  # the aiokafka consumer, once FastStream has started it
         self.last_batch_full = False
-        self._decoders: dict[str, Callable[[ConsumerRecord], Command]] = {
-            self.topics.rtk_sessions: lambda r: decode_session(r.value),
-            self.topics.rtk_peer_events: lambda r: decode_peer_event(r.value, r.key),
+        # Every inbound topic is keyed by session id and has the same partition count.
+        self._decoders: dict[str, Callable[[ConsumerRecord], Decoded]] = {
+            self.topics.rtk_sessions: lambda r: [decode_session(r.value)],
+            self.topics.rtk_peer_events: lambda r: [decode_peer_event(r.value, r.key)],
+            self.topics.rtk_webhooks: lambda r: decode_rtk_webhook(r.value, r.key),
+            self.topics.peer_reports: lambda r: decode_peer_report(r.value, r.timestamp),
         }
+
+    @property
+    def inbound_topics(self) -> list[str]:
+        return list(self._decoders)
 
     # --- the batch path ----------------------------------------------------------------
 
-    def decode(
-        self, records: Sequence[ConsumerRecord]
-    ) -> tuple[
-        dict[str, list[Command]], dict[str, list[ConsumerRecord]], list[tuple[ConsumerRecord, InvalidMessage]]
-    ]:
-        """Group valid records by session; collect invalid ones with their reason."""
-        by_session: dict[str, list[Command]] = defaultdict(list)
-        sources: dict[str, list[ConsumerRecord]] = defaultdict(list)
-        bad: list[tuple[ConsumerRecord, InvalidMessage]] = []
+    def decode(self, records: Sequence[ConsumerRecord]) -> Batch:
+        """Group valid records' commands by session; collect reports and invalid records."""
+        batch = Batch()
         for rec in records:
             try:
-                cmd = self._decoders[rec.topic](rec)
+                decoded = self._decoders[rec.topic](rec)
             except InvalidMessage as exc:
-                bad.append((rec, exc))
+                batch.bad.append((rec, exc))
                 continue
-            by_session[cmd.session_id].append(cmd)
-            sources[cmd.session_id].append(rec)
-        return by_session, sources, bad
+            if isinstance(decoded, PeerReport):
+                batch.reports.append((rec, decoded))
+            elif decoded:
+                sid = decoded[0].session_id
+                batch.by_session[sid].extend(decoded)
+                batch.sources[sid].append((rec, len(decoded)))
+        return batch
 
     async def process(self, records: Sequence[ConsumerRecord]) -> None:
         """Apply one batch; returns only when every effect is in Redis (or dead-lettered)."""
         for rec in records:
             self.stats.add("consumed", self.topics.strip(rec.topic))
-        by_session, sources, bad = self.decode(records)
-        results = await self.rt.store.apply(by_session) if by_session else {}
+        batch = self.decode(records)
+        store = self.rt.store
+        results = await store.apply(batch.by_session) if batch.by_session else {}
+        stored = await store.put_reports([r for _, r in batch.reports])
         for sid, res in results.items():
-            for rec, letter in zip(sources[sid], res.letters, strict=True):
+            at = 0
+            for rec, n in batch.sources[sid]:
+                letters, at = res.letters[at : at + n], at + n
                 topic = self.topics.strip(rec.topic)
-                self.stats.add(_LETTER_OUTCOME[letter], topic)
-                if letter == "L":
+                # A record is a duplicate when every fact it carries was known already.
+                self.stats.add("duplicate" if set(letters) == {"D"} else "applied", topic)
+                if "L" in letters:
                     self.stats.add("late_after_end", topic)
-        if bad:
-            await self.dead_letter(bad)
-        due = await self.rt.store.update_indexes(results)
+        for (rec, _), new in zip(batch.reports, stored, strict=True):
+            self.stats.add("applied" if new else "duplicate", self.topics.strip(rec.topic))
+        if batch.bad:
+            await self.dead_letter(batch.bad)
+        due = await store.update_indexes(results)
         if due:
             self.outbox.wake.set()
 
@@ -272,8 +305,7 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
     s = rt.settings
     worker = Worker(rt)
     subscriber = rt.broker.subscriber(
-        rt.topics.rtk_sessions,
-        rt.topics.rtk_peer_events,
+        *worker.inbound_topics,
         group_id=s.consumer_group,
         batch=True,
         max_records=s.batch_max_records,
@@ -289,7 +321,7 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         ack_policy=AckPolicy.MANUAL,
         decoder=_no_decode,
         title="rtk-facts",
-        description="RealtimeKit sessions and peer events, applied to live session state in Redis.",
+        description="RealtimeKit sessions, peer events, webhooks and peer reports, applied to session state.",
     )
 
     @subscriber
@@ -321,12 +353,11 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
                 )
                 await asyncio.sleep(backoff)
         log.info(
-            "worker starting: kafka=%s redis=%s group=%s topics=%s,%s",
+            "worker starting: kafka=%s redis=%s group=%s topics=%s",
             s.kafka_bootstrap_servers,
             _safe_url(s.redis_url),
             s.consumer_group,
-            rt.topics.rtk_sessions,
-            rt.topics.rtk_peer_events,
+            ",".join(worker.inbound_topics),
         )
 
     @app.after_startup

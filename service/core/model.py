@@ -32,9 +32,13 @@ META_FIELDS = (
     "type",
     "breakout_rooms",
     "created_at",
+    "started_ms",
 )
 
 Outcome = Literal["applied", "duplicate"]
+
+# A peer event derived from a webhook carries this member (service/webhooks.py).
+VIA_WEBHOOK = '"via":"webhook"'
 
 
 @dataclass(frozen=True)
@@ -52,18 +56,52 @@ class PeerEvent:
     def encoded(self) -> int:
         return encode(self.t_ms, self.code)
 
+    @property
+    def copy_rank(self) -> tuple[bool, str]:
+        """Which copy of one fact is kept: a topic copy (richer details) over a webhook-derived
+        one, then the greatest; apply_rtk.lua's `better` is the same rule."""
+        return (VIA_WEBHOOK not in self.raw_json, self.raw_json)
+
 
 @dataclass(frozen=True)
 class SessionMessage:
-    """An `rtk.sessions` message, already validated; ``digest`` breaks ties between equal times."""
+    """What an `rtk.sessions` message or a webhook's `meeting` object says about the session.
+
+    ``meta_json`` holds only the descriptive fields the source carries (strings); each field
+    comes from the newest source that carries it, ``(updated_ms, digest)`` deciding.
+    """
 
     session_id: str
     status: Literal["LIVE", "ENDED"]
     updated_ms: int
-    started_ms: int
+    started_ms: int | None
     ended_ms: int | None
     meta_json: str
     digest: str
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A link or status a webhook reported (transcript, summary, chat, a recording, ...).
+
+    A session keeps, per ``slot``, the value with the greatest ``rank``: ranks are built so
+    that the newer version of an artifact has the greater one, whatever the arrival order.
+    """
+
+    session_id: str
+    slot: str
+    rank: str
+    value_json: str
+
+
+@dataclass(frozen=True)
+class PeerReport:
+    """An `rtk.peer-reports` message: the newest (greatest ``rank``) per peer is kept."""
+
+    session_id: str
+    peer_id: str
+    rank: str
+    report_json: str
 
 
 @dataclass(frozen=True)
@@ -108,6 +146,7 @@ class SessionView:
     meta: Mapping[str, Any]
     peers: Mapping[str, PeerView]
     totals: Totals
+    artifacts: Mapping[str, Any] = field(default_factory=dict)  # slot -> decoded value
 
     def live_participants(self) -> int:
         return 0 if self.status == "ENDED" else self.totals.open_count
@@ -123,17 +162,19 @@ def event_details(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _newest_details(events: Mapping[int, str]) -> dict[str, Any]:
-    """Details from the newest applied event that carries any; equal times ordered by content."""
-    best: tuple[int, str] | None = None
-    best_details: dict[str, Any] = {}
+    """Each detail from the newest applied event that carries it; equal times ordered by value.
+
+    Per field, so that a webhook-derived event (display name only) does not hide the
+    user id a topic event carried.
+    """
+    best: dict[str, tuple[int, str, Any]] = {}
     for enc, raw in events.items():
-        details = event_details(orjson.loads(raw))
-        if not details:
-            continue
-        key = (decode(enc)[0], orjson.dumps(details, option=orjson.OPT_SORT_KEYS).decode())
-        if best is None or key > best:
-            best, best_details = key, details
-    return best_details
+        t = decode(enc)[0]
+        for name, value in event_details(orjson.loads(raw)).items():
+            key = (t, orjson.dumps(value).decode(), value)
+            if name not in best or key[:2] > best[name][:2]:
+                best[name] = key
+    return {name: best[name][2] for name in DETAIL_FIELDS if name in best}
 
 
 def build_view(
@@ -148,6 +189,7 @@ def build_view(
     stored_events: Mapping[str, Mapping[int, str]],
     stored_intervals: Mapping[str, list[Interval]] | None = None,
     stored_totals: Totals | None = None,
+    artifacts: Mapping[str, Any] | None = None,
 ) -> SessionView:
     """The view of a session from its stored facts; shared by the model and the Redis reader.
 
@@ -186,6 +228,7 @@ def build_view(
         meta=meta,
         peers=peers,
         totals=stored_totals or totals({pid: p.intervals for pid, p in peers.items()}),
+        artifacts=artifacts or {},
     )
 
 
@@ -195,11 +238,15 @@ class ReferenceSession:
 
     session_id: str
     ids: set[str] = field(default_factory=set)
-    events: dict[str, dict[int, str]] = field(default_factory=dict)
-    meta: SessionMessage | None = None
-    explicit_end: tuple[int, int] | None = None  # (updated_ms of the ENDED message, ended_ms)
+    events: dict[str, dict[int, PeerEvent]] = field(default_factory=dict)
+    meta: dict[str, tuple[tuple[int, str], str]] = field(default_factory=dict)  # field -> (stamp, value)
+    artifacts: dict[str, tuple[str, str]] = field(default_factory=dict)  # slot -> (rank, value JSON)
+    explicit_end: tuple[int, int] | None = None  # (updated_ms of the end message, ended_ms)
     idle_end_ms: int | None = None
-    last_ms: int = 0
+    last_ms: int | None = None
+
+    def _seen(self, t_ms: int) -> None:
+        self.last_ms = t_ms if self.last_ms is None else max(self.last_ms, t_ms)
 
     def apply_peer_event(self, ev: PeerEvent) -> Outcome:
         peer_events = self.events.setdefault(ev.peer_id, {})
@@ -207,25 +254,44 @@ class ReferenceSession:
             return "duplicate"
         self.ids.add(ev.event_id)
         if ev.encoded in peer_events:
-            # The same fact under another id: keep the greatest copy, whatever the order.
-            peer_events[ev.encoded] = max(peer_events[ev.encoded], ev.raw_json)
+            # The same fact under another id or by another path: keep one copy, whatever the order.
+            peer_events[ev.encoded] = max(peer_events[ev.encoded], ev, key=lambda e: e.copy_rank)
             return "duplicate"
-        peer_events[ev.encoded] = ev.raw_json
-        self.last_ms = max(self.last_ms, ev.t_ms)
+        peer_events[ev.encoded] = ev
+        self._seen(ev.t_ms)
         return "applied"
 
     def apply_session_message(self, msg: SessionMessage) -> Outcome:
         if "S:" + msg.digest in self.ids:
             return "duplicate"
         self.ids.add("S:" + msg.digest)
-        if self.meta is None or (msg.updated_ms, msg.digest) > (self.meta.updated_ms, self.meta.digest):
-            self.meta = msg
+        fields: dict[str, str] = orjson.loads(msg.meta_json)
+        if msg.started_ms is not None:
+            fields["started_ms"] = str(msg.started_ms)
+        stamp = (msg.updated_ms, msg.digest)
+        for name, value in fields.items():
+            known = name in META_FIELDS and isinstance(value, str)
+            if known and (name not in self.meta or stamp > self.meta[name][0]):
+                self.meta[name] = (stamp, value)
         if msg.status == "ENDED" and msg.ended_ms is not None:
             candidate = (msg.updated_ms, msg.ended_ms)
             if self.explicit_end is None or candidate > self.explicit_end:
                 self.explicit_end = candidate
-        self.last_ms = max(self.last_ms, msg.updated_ms)
+        self._seen(msg.updated_ms)
         return "applied"
+
+    def apply_artifact(self, art: Artifact) -> Outcome:
+        if art.slot in self.artifacts and art.rank <= self.artifacts[art.slot][0]:
+            return "duplicate"
+        self.artifacts[art.slot] = (art.rank, art.value_json)
+        return "applied"
+
+    def apply(self, command: PeerEvent | SessionMessage | Artifact) -> Outcome:
+        if isinstance(command, PeerEvent):
+            return self.apply_peer_event(command)
+        if isinstance(command, SessionMessage):
+            return self.apply_session_message(command)
+        return self.apply_artifact(command)
 
     @property
     def ended_ms(self) -> int | None:
@@ -233,27 +299,35 @@ class ReferenceSession:
 
     def end_idle(self, now_ms: int, idle_timeout_ms: int) -> bool:
         """The idle rule (4.4); True when it ended the session."""
-        if self.ended_ms is not None or self.last_ms >= now_ms - idle_timeout_ms:
+        if self.last_ms is None or self.ended_ms is not None or self.last_ms >= now_ms - idle_timeout_ms:
             return False
         if self.view().totals.open_count:
             return False
         self.idle_end_ms = self.last_ms
         return True
 
+    @property
+    def exists(self) -> bool:
+        """Whether any session fact (not only artifacts) arrived."""
+        return self.last_ms is not None
+
     def view(self) -> SessionView:
         ended = self.ended_ms
-        meta: dict[str, Any] = orjson.loads(self.meta.meta_json) if self.meta else {}
+        # Until a source says the session type, it is a meeting (apply_rtk.lua does the same).
+        meta: dict[str, Any] = {"type": "meeting"} | {name: value for name, (_, value) in self.meta.items()}
         if "breakout_rooms" in meta:
             meta["breakout_rooms"] = orjson.loads(meta["breakout_rooms"])
-        # started_at: the session message's, else the earliest event (the scripts do the same).
-        first = min((decode(e)[0] for evs in self.events.values() for e in evs), default=None)
+        started = meta.pop("started_ms", None)
+        # started_at: the newest source's, else the earliest event, else the first message (as the scripts).
+        first = min((decode(e)[0] for evs in self.events.values() for e in evs), default=self.last_ms)
         return build_view(
             self.session_id,
             status="ENDED" if ended is not None else "LIVE",
-            started_ms=self.meta.started_ms if self.meta else first,
+            started_ms=int(started) if started is not None else first,
             ended_ms=ended,
             end_reason=None if ended is None else ("ended" if self.explicit_end else "idle_timeout"),
-            updated_ms=max(self.last_ms, ended or 0),
+            updated_ms=max(self.last_ms or 0, ended or 0),
             meta=meta,
-            stored_events=self.events,
+            stored_events={p: {e: ev.raw_json for e, ev in evs.items()} for p, evs in self.events.items()},
+            artifacts={slot: orjson.loads(value) for slot, (_, value) in self.artifacts.items()},
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .model import PeerView, SessionView
@@ -61,6 +62,58 @@ def summary_message_id(session_id: str) -> str:
     return f"{session_id}:summary"
 
 
+def transcript_message_id(session_id: str) -> str:
+    return f"{session_id}:transcript-ready"
+
+
+def artifact_fields(artifacts: Mapping[str, Any]) -> dict[str, Any]:
+    """The SessionSummary fields the artifacts add, only those known (CONTRACT 6).
+
+    Slots are written by service/webhooks.py: `transcript`, `summary`, `chat` hold
+    `{url, expiry}`; `recording:<id>` and `livestream:<id>` hold `{id, status, ...}`.
+    """
+    out: dict[str, Any] = {}
+    if t := artifacts.get("transcript"):
+        out["transcript_download_url"] = t["url"]
+    if s := artifacts.get("summary"):
+        out["summary_download_url"] = s["url"]
+    if c := artifacts.get("chat"):
+        out["chat_download_url"] = c["url"]
+    recordings = [v for k, v in artifacts.items() if k.startswith("recording:")]
+    if recordings:
+        latest = max(recordings, key=lambda r: (r.get("started_at") or "", r["id"]))
+        out["recording_status"] = latest["status"]
+        with_url = [r for r in recordings if r.get("url")]
+        if with_url:
+            newest = max(with_url, key=lambda r: (r.get("started_at") or "", r["id"]))
+            out["recording_download_url"] = newest["url"]
+    streams = [v for k, v in artifacts.items() if k.startswith("livestream:")]
+    if streams:
+        out["livestreaming_status"] = max(streams, key=lambda r: r["id"])["status"]
+    return out
+
+
+def transcript_ready(view: SessionView) -> dict[str, Any] | None:
+    """The TranscriptReady content (CONTRACT 6) without ``message_id`` and ``revision``;
+    None until a transcript link is known. A function of the stored facts only."""
+    t = view.artifacts.get("transcript")
+    if not t:
+        return None
+    as_of = view.ended_ms if view.ended_ms is not None else view.updated_ms
+    return {
+        "session_id": view.session_id,
+        "meeting_id": view.meta.get("associated_id"),
+        "title": view.meta.get("meeting_display_name"),
+        "organization_id": view.meta.get("organization_id"),
+        "transcript_download_url": t["url"],
+        "transcript_download_url_expiry": t["expiry"],
+        "session_status": view.status,
+        "ended_at": iso_or_none(view.ended_ms),
+        "participants_total": len(view.peers),
+        "minutes_consumed": view.minutes_at(as_of),
+    }
+
+
 def session_summary(view: SessionView, now_ms: int) -> dict[str, Any]:
     """The SessionSummary content (CONTRACT 6) without ``message_id`` and ``revision``.
 
@@ -100,4 +153,5 @@ def session_summary(view: SessionView, now_ms: int) -> dict[str, Any]:
         "max_concurrent_participants": view.totals.peak,
         "minutes_consumed": view.minutes_at(end),
         "participants": participants,
+        **artifact_fields(view.artifacts),
     }

@@ -1,10 +1,11 @@
 -- apply_rtk.lua: apply a batch of RealtimeKit facts to ONE session, atomically (CONTRACT 4.1, 4.2, 4.4).
 --
--- KEYS: 1 session HASH, 2 pev HASH, 3 piv HASH, 4 events HASH, 5 ids SET
+-- KEYS: 1 session HASH, 2 pev HASH, 3 piv HASH, 4 events HASH, 5 ids SET, 6 art HASH
 --       (all tagged {<session id>}; see docs/redis-keys.md)
 -- ARGV: 1 retention ms for an ENDED session, 2 item count, then 7 values per item:
 --   peer event:      'P', event id, peer id, encoded (t_ms*4+code), t_ms, raw JSON, ''
---   session message: 'S', digest, status, updated_ms, started_ms, ended_ms or '', meta JSON
+--   session message: 'S', digest, status, updated_ms, started_ms or '', ended_ms or '', meta JSON
+--   artifact:        'A', slot, rank, value JSON, '', '', ''
 --   idle check:      'I', now_ms, idle_timeout_ms, '', '', '', ''
 -- Returns: { status ('' when the session does not exist), started_ms, last_ms, due (0/1), ver,
 --            one letter per item: A applied, D duplicate, L applied but after the end, I idle-ended, N no-op }
@@ -12,24 +13,35 @@
 -- Every item is idempotent and the derived state is a function of the stored facts only, so
 -- a redelivered or reordered batch leaves the same state (the reason this is one script).
 
-local K_S, K_PEV, K_PIV, K_EV, K_IDS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_S, K_PEV, K_PIV, K_EV, K_IDS, K_ART = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local retention = ARGV[1]
 local n = tonumber(ARGV[2])
 
+-- Descriptive fields: each from the newest source that carries it (CONTRACT 4.2).
 local META_FIELDS = { 'associated_id', 'meeting_display_name', 'organization_id', 'type',
-                      'breakout_rooms', 'created_at' }
+                      'breakout_rooms', 'created_at', 'meta_started_ms' }
+-- A copy of a peer-event fact derived from a webhook carries this pair (service/webhooks.py).
+local VIA_WEBHOOK = '"via":"webhook"'
 
 local function fmt(x) return string.format('%.0f', x) end
 local function num(v) if v then return tonumber(v) end return nil end
+-- Which copy of one fact is kept: a topic copy over a webhook-derived one, then the greatest.
+local function better(raw, other)
+  local a = string.find(raw, VIA_WEBHOOK, 1, true) == nil
+  local b = string.find(other, VIA_WEBHOOK, 1, true) == nil
+  if a ~= b then return a end
+  return raw > other
+end
 
-local st = redis.call('HMGET', K_S, 'meta_ms', 'meta_digest', 'xend_u', 'xend_ms', 'idle_end_ms',
+local st = redis.call('HMGET', K_S, 'status', 'xend_u', 'xend_ms', 'idle_end_ms',
                       'last_ms', 'first_ms', 'open_count')
-local meta_ms, meta_digest = num(st[1]), st[2]
-local xend_u, xend_ms, idle_end_ms = num(st[3]), num(st[4]), num(st[5])
-local last_ms, first_ms, open_count = num(st[6]), num(st[7]), num(st[8]) or 0
+local existed = st[1] ~= false
+local xend_u, xend_ms, idle_end_ms = num(st[2]), num(st[3]), num(st[4])
+local last_ms, first_ms, open_count = num(st[5]), num(st[6]), num(st[7]) or 0
 local old_end = xend_ms or idle_end_ms
 
 local changed = false
+local art_changed, transcript_changed = false, false
 local touched = {}
 local letters = {}
 local late = 0
@@ -48,8 +60,8 @@ for i = 0, n - 1 do
       letter = 'D'
     elseif stored then
       letter = 'D'
-      if raw > stored then
-        -- Copies of one fact under other ids: keep the greatest, so arrival order does not matter.
+      if better(raw, stored) then
+        -- Copies of one fact under other ids or paths: one is kept, whatever the arrival order.
         redis.call('HSET', K_EV, fkey, raw)
         changed = true
         touched[peer] = true
@@ -77,16 +89,25 @@ for i = 0, n - 1 do
       letter = 'D'
     else
       letter = 'A'
-      -- Descriptive fields come from the newest message; equal times are ordered by digest.
-      if not meta_ms or upd > meta_ms or (upd == meta_ms and digest > meta_digest) then
-        meta_ms, meta_digest = upd, digest
-        changed = true
-        local meta = cjson.decode(ARGV[b + 6])
-        for _, f in ipairs(META_FIELDS) do
-          local v = meta[f]
-          if type(v) == 'string' then redis.call('HSET', K_S, f, v) else redis.call('HDEL', K_S, f) end
+      local meta = cjson.decode(ARGV[b + 6])
+      if started ~= '' then meta['meta_started_ms'] = started end
+      local names, stamp_fields = {}, {}
+      for _, f in ipairs(META_FIELDS) do
+        if type(meta[f]) == 'string' then
+          names[#names + 1] = f
+          stamp_fields[#stamp_fields + 1] = 'm:' .. f
         end
-        redis.call('HSET', K_S, 'meta_ms', fmt(upd), 'meta_digest', digest, 'meta_started_ms', started)
+      end
+      if #names > 0 then
+        -- Zero-padded, so comparing the strings compares (time, digest).
+        local stamp = string.format('%015.0f', upd) .. ':' .. digest
+        local stamps = redis.call('HMGET', K_S, unpack(stamp_fields))
+        for i, f in ipairs(names) do
+          if not stamps[i] or stamp > stamps[i] then
+            redis.call('HSET', K_S, f, meta[f], stamp_fields[i], stamp)
+            changed = true
+          end
+        end
       end
       if status == 'ENDED' and ended ~= '' then
         local e = tonumber(ended)
@@ -97,6 +118,17 @@ for i = 0, n - 1 do
         end
       end
       if not last_ms or upd > last_ms then last_ms = upd; changed = true end
+    end
+  elseif kind == 'A' then
+    local slot, rank = ARGV[b + 1], ARGV[b + 2]
+    local cur = redis.call('HGET', K_ART, 'r:' .. slot)
+    if cur and rank <= cur then
+      letter = 'D'
+    else
+      redis.call('HSET', K_ART, 'v:' .. slot, ARGV[b + 3], 'r:' .. slot, rank)
+      letter = 'A'
+      art_changed = true
+      if slot == 'transcript' then transcript_changed = true end
     end
   elseif kind == 'I' then
     local now, idle = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
@@ -111,8 +143,14 @@ for i = 0, n - 1 do
 end
 
 if not last_ms then
+  -- Artifacts of a session no other fact has reached yet: kept for the retention, in case
+  -- its facts follow (they make the key permanent again, below).
+  if art_changed then redis.call('PEXPIRE', K_ART, retention) end
   return { '', '', '', 0, '0', table.concat(letters) }
 end
+if not existed then redis.call('PERSIST', K_ART) end
+if art_changed then changed = true end
+if transcript_changed then redis.call('HSET', K_S, 'transcript_due', 1) end
 
 local ended_ms = xend_ms or idle_end_ms
 if ended_ms ~= old_end then
@@ -197,6 +235,9 @@ if ended_ms then status = 'ENDED' end
 if changed then
   redis.call('HSET', K_S, 'status', status, 'started_ms', started, 'last_ms', fmt(last_ms),
              'first_ms', fmt(first_ms or last_ms), 'live_participants', ended_ms and 0 or open_count)
+  -- RealtimeKit webhooks do not say the session type: 'meeting' until a source that does
+  -- (it carries no stamp, so any source's value replaces it).
+  redis.call('HSETNX', K_S, 'type', 'meeting')
   if ended_ms then
     local reason = xend_ms and 'ended' or 'idle_timeout'
     redis.call('HSET', K_S, 'ended_ms', fmt(ended_ms), 'end_reason', reason, 'summary_due', 1)
@@ -210,5 +251,7 @@ if ended_ms then
   for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, retention) end
 end
 
-local bk = redis.call('HMGET', K_S, 'summary_due', 'ver')
-return { status, started, fmt(last_ms), tonumber(bk[1] or '0'), bk[2] or '0', table.concat(letters) }
+local bk = redis.call('HMGET', K_S, 'summary_due', 'transcript_due', 'ver')
+local due = 0
+if bk[1] == '1' or bk[2] == '1' then due = 1 end
+return { status, started, fmt(last_ms), due, bk[3] or '0', table.concat(letters) }

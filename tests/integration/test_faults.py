@@ -15,8 +15,8 @@ from aiokafka.errors import KafkaConnectionError
 
 from service import constants as C
 from service.constants import Topics
-from service.core.model import PeerEvent, SessionMessage
-from service.outbox import Outbox
+from service.core.model import Artifact, PeerEvent, SessionMessage
+from service.outbox import Outbox, channels
 from service.stats import Stats
 from service.store import Store
 
@@ -110,7 +110,7 @@ async def test_an_unpublished_revision_goes_out_before_the_next(redis_client: ai
     store = Store(redis_client, retention_ms=60_000)
     await store.load_scripts()
     publisher = RecordingPublisher()
-    outbox = Outbox(store, publisher, Stats())  # type: ignore[arg-type]
+    outbox = Outbox(store, channels(publisher, publisher), Stats())  # type: ignore[arg-type]
     sid = "outbox-pending"
     await store.update_indexes(await store.apply({sid: [_join(sid, "a", 1_000), _ended(sid, 60_000)]}))
 
@@ -153,7 +153,7 @@ async def test_a_broker_outage_keeps_summaries_queued(redis_client: aioredis.Red
             self.sent.append(body)
 
     publisher = Unreachable()
-    outbox = Outbox(store, publisher, Stats())  # type: ignore[arg-type]
+    outbox = Outbox(store, channels(publisher, publisher), Stats())  # type: ignore[arg-type]
     sids = [f"outage-{i}" for i in range(3)]
     for sid in sids:
         await store.update_indexes(await store.apply({sid: [_join(sid, "a", 1_000), _ended(sid, 60_000)]}))
@@ -165,4 +165,40 @@ async def test_a_broker_outage_keeps_summaries_queued(redis_client: aioredis.Red
     assert await outbox.drain_once() == 3
     assert sorted(orjson.loads(b)["session_id"] for b in publisher.sent) == sids
     assert {orjson.loads(b)["revision"] for b in publisher.sent} == {1}
+    assert await store.outbox_due(10) == []
+
+
+async def test_a_transcript_ready_is_kept_until_published_and_issued_once_per_link(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+    summaries, transcripts = RecordingPublisher(), RecordingPublisher()
+    outbox = Outbox(store, channels(summaries, transcripts), Stats())  # type: ignore[arg-type]
+    sid = "outbox-transcript"
+
+    def link(url: str, day: int) -> Artifact:
+        value = orjson.dumps({"url": url, "expiry": f"2030-01-0{day}T00:00:00.000Z"}).decode()
+        return Artifact(sid, "transcript", f"{day:015d}|{url}", value)
+
+    await store.update_indexes(await store.apply({sid: [_join(sid, "a", 1_000), link("https://x/1", 1)]}))
+    transcripts.fail = True  # a crash or an outage before the send: revision 1 stays queued
+    await outbox.drain_once()
+    assert transcripts.sent == [] and (await store.outbox_due(10))[0][0] == sid
+    transcripts.fail = False
+    await outbox.drain_once()
+    [first] = transcripts.sent
+    assert orjson.loads(first)["revision"] == 1 and orjson.loads(first)["session_status"] == "LIVE"
+
+    # The session goes on and ends: the notification is not re-issued, the link did not change.
+    await store.update_indexes(await store.apply({sid: [_join(sid, "b", 2_000), _ended(sid, 60_000)]}))
+    for _ in range(2):
+        await outbox.drain_once()
+    assert transcripts.sent == [first] and len(summaries.sent) == 1
+    # A new link is the next revision.
+    await store.update_indexes(await store.apply({sid: [link("https://x/2", 2)]}))
+    for _ in range(2):
+        await outbox.drain_once()
+    assert [orjson.loads(b)["revision"] for b in transcripts.sent] == [1, 2]
+    assert orjson.loads(transcripts.sent[1])["transcript_download_url"] == "https://x/2"
     assert await store.outbox_due(10) == []

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from service import constants as C
+from service.core import shapes
 from service.core.model import ReferenceSession
 from service.store import Store
+from service.webhooks import decode_rtk_webhook
+from tests.meetings import Meeting, random_meeting, webhook_bodies
 from tests.unit.rtk_factory import apply
 from tests.unit.test_properties import SECONDS, event_logs, redeliveries, snapshot
+from tests.unit.test_webhooks import by_topics, by_webhooks
 
 pytestmark = pytest.mark.integration
 
@@ -63,4 +70,71 @@ def test_scripts_equal_the_reference(
     assert snapshot(view, now_ms) == snapshot(expected.view(), now_ms)
     # Each message is classified as the reference does: applied (A, or L after the end) or duplicate (D).
     assert len(letters) == len(delivered)
+    assert [("duplicate" if c == "D" else "applied") for c in letters] == outcomes
+
+
+def _extra_artifacts(m: Meeting, rng: random.Random) -> list[Any]:
+    """Recording statuses, transcripts and unknown events, several versions of each."""
+    meeting = webhook_bodies(m)[0]["meeting"]
+    bodies: list[dict[str, Any]] = []
+    for status in rng.sample(["INVOKED", "RECORDING", "UPLOADING", "UPLOADED"], k=rng.randint(1, 4)):
+        rec = {"id": rng.choice(["r1", "r2"]), "status": status, "startedTime": meeting["startedAt"]}
+        if status == "UPLOADED":
+            rec["downloadUrl"] = f"https://x/{rec['id']}.mp4"
+        bodies.append({"event": "recording.statusUpdate", "meeting": meeting, "recording": rec})
+    for day in rng.sample(range(1, 5), k=rng.randint(0, 3)):
+        bodies.append(
+            {
+                "event": "meeting.transcript",
+                "meeting": meeting,
+                "transcriptDownloadUrl": f"https://x/t{day}.csv",
+                "transcriptDownloadUrlExpiry": f"2030-01-0{day}T00:00:00.000Z",
+            }
+        )
+    bodies.append({"event": "meeting.brandNew", "meeting": meeting, "n": rng.randint(0, 3)})
+    return [c for b in bodies for c in decode_rtk_webhook(orjson.dumps(b), None)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32), ended=st.booleans(), both=st.booleans())
+def test_scripts_equal_the_reference_for_webhooks_and_artifacts(
+    loop: asyncio.AbstractEventLoop, redis_url: str, seed: int, ended: bool, both: bool
+) -> None:
+    rng = random.Random(seed)
+    m = random_meeting(rng, ended=ended).renamed(f"prop-{uuid.uuid4()}")
+    cmds = by_webhooks(m, transcript_url="https://x/t0.csv") + _extra_artifacts(m, rng)
+    if both:
+        cmds += by_topics(m)
+    delivered = cmds + rng.sample(cmds, k=len(cmds) // 5)
+    rng.shuffle(delivered)
+    cuts = sorted(rng.sample(range(len(delivered) + 1), k=min(4, len(delivered))))
+    batches = [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)], strict=True) if b > a]
+
+    expected = ReferenceSession(m.session_id)
+    outcomes = [expected.apply(c) for c in delivered]
+
+    async def run() -> tuple[Any, Any, str]:
+        redis = Redis.from_url(redis_url)
+        try:
+            store = Store(redis, retention_ms=3_600_000)
+            await store.load_scripts()
+            letters = ""
+            for batch in batches:
+                letters += (await store.apply({m.session_id: batch}))[m.session_id].letters
+            got = await store.read_view(m.session_id)
+            assert got is not None
+            await redis.delete(*C.session_keys(m.session_id))
+            return got[0], got[2], letters
+        finally:
+            await redis.aclose()
+
+    view, stored_events, letters = loop.run_until_complete(run())
+    # The same copy of each fact is kept (a topic copy over a webhook-derived one).
+    assert stored_events == {
+        p: {e: ev.raw_json for e, ev in evs.items()} for p, evs in expected.events.items() if evs
+    }
+    now_ms = expected.view().started_ms + 3_600_000
+    assert snapshot(view, now_ms) == snapshot(expected.view(), now_ms)
+    assert view.artifacts == expected.view().artifacts
+    assert shapes.transcript_ready(view) == shapes.transcript_ready(expected.view())
     assert [("duplicate" if c == "D" else "applied") for c in letters] == outcomes
