@@ -20,11 +20,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import constants as C
 from .core import shapes
 from .core.model import PeerView, SessionView
+from .core.streams import StreamView, stream_session_object, stream_summary
 from .core.timeutil import iso_ms, parse_iso_ms
 from .intake import install_intake
 from .outbox import content_hash
 from .runtime import Runtime, build_runtime, configure_logging
 from .store import view_from_raw, zset_members
+from .stream_store import StreamStore
 
 log = logging.getLogger("service.api")
 
@@ -375,12 +377,47 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
             {"success": True, "data": {"session_id": session_id, "status": "queued"}}, status_code=202
         )
 
+    streams = StreamStore(store)
+
+    def visible(view: StreamView, org: str) -> bool:
+        # Livepeer's organization is the session's project (CONTRACT 6, 7).
+        return org == "*" or view.project_id == org
+
+    @app.get("/v1/streams/sessions/{session_id}", tags=["streams"])
+    async def get_stream_session(session_id: str, org: str = org_dep) -> JSON:
+        """The Livepeer Session object of seed 000, as Livepeer answers it (no envelope)."""
+        got = await streams.read(session_id)
+        if got is None or not visible(got[0], org):
+            raise _not_found("stream session")
+        return JSON(stream_session_object(got[0]))
+
+    @app.get("/v1/streams/{parent_id}/sessions", tags=["streams"])
+    async def list_stream_sessions(
+        parent_id: str, org: str = org_dep, page_no: PageNo = 1, per_page: PerPage = 20
+    ) -> JSON:
+        ids = await streams.sessions_of(parent_id)
+        found = [g for g in await streams.read_many(ids) if g is not None and visible(g[0], org)]
+        start = (page_no - 1) * per_page
+        page = [stream_session_object(view) for view, _ in found[start : start + per_page]]
+        return _ok({"sessions": page}, _paging(len(found), page_no, per_page, len(page)))
+
     @app.get("/v1/sessions/{session_id}/report", tags=["sessions"])
     async def report(session_id: str, org: str = org_dep) -> JSON:
-        view, raw, _ = await load(session_id, org)
-        content = shapes.session_summary(view, _now_ms())
+        """The SessionSummary of a RealtimeKit or a Livepeer session (LIVE: as if it ended now)."""
+        content: dict[str, Any]
+        got = await store.read_view(session_id)
+        if got is not None and (org == "*" or got[0].meta.get("organization_id") == org):
+            view, raw, _ = got
+            content, ended = shapes.session_summary(view, _now_ms()), view.status == "ENDED"
+        else:
+            stream = await streams.read(session_id)
+            if stream is None or not visible(stream[0], org):
+                raise _not_found("session")
+            content, raw = stream_summary(stream[0]), stream[1]
+            ended = stream[0].status == "ENDED"
         revision: int | None = None
-        if view.status == "ENDED":
+        if ended:
+            # The revision this content is (or will be, once the outbox publishes it).
             stored_rev = int(raw.get(b"summary_rev", b"0"))
             same = raw.get(b"summary_hash", b"").decode() == content_hash(content)
             revision = stored_rev if same and stored_rev else stored_rev + 1

@@ -101,3 +101,28 @@ IDX_SESSIONS = f"{KEY_PREFIX}:idx:sessions"  # ZSET session id by started_at ms
 IDX_LIVE = f"{KEY_PREFIX}:idx:live"  # ZSET live session id by newest event ms
 WEBHOOK_SEEN = f"{KEY_PREFIX}:webhook"  # STRING <this>:<provider>:<delivery id>, set once published
 OUTBOX = f"{KEY_PREFIX}:outbox"  # ZSET session id with outbound messages due, by change counter
+
+
+# Livepeer stream sessions (CONTRACT 4.3): their own keys and indexes, apart from the
+# RealtimeKit sessions that /v1/sessions lists.
+def stream_keys(session_id: str) -> list[str]:
+    """The per-stream-session keys, in the order apply_livepeer.lua expects them as KEYS."""
+    tag = "{" + session_id + "}"
+    return [
+        f"{KEY_PREFIX}:{tag}:stream",  # HASH  newest snapshot, the one before, recording, end
+        f"{KEY_PREFIX}:{tag}:stream-ids",  # SET   snapshot and webhook digests seen
+    ]
+
+
+def parent_sessions_key(parent_id: str) -> str:
+    """ZSET: the stream sessions of one parent stream, by createdAt ms."""
+    return f"{KEY_PREFIX}:idx:parent:{{{parent_id}}}"
+
+
+def parent_idle_key(parent_id: str) -> str:
+    """ZSET: the times of the parent stream's `stream.idle` webhooks (member and score)."""
+    return f"{KEY_PREFIX}:idle:{{{parent_id}}}"
+
+
+IDX_LIVE_STREAMS = f"{KEY_PREFIX}:idx:live-streams"  # ZSET live stream session id by lastSeen ms
+OUTBOX_STREAMS = f"{KEY_PREFIX}:outbox:streams"  # ZSET stream session id with a summary due, by ver

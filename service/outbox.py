@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +16,14 @@ from aiokafka.errors import KafkaError
 from faststream.kafka.publisher.usecase import DefaultPublisher
 from redis import exceptions as rexc
 
+from . import constants as C
 from .core import shapes
 from .core.model import SessionView
+from .core.streams import StreamView, stream_summary
 from .errors import StoreUnavailable
 from .stats import Stats
-from .store import Store, events_by_peer, view_from_raw
+from .store import StateKey, Store, events_by_peer, rtk_state_key, view_from_raw
+from .stream_store import StreamStore
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class Channel:
     name: str
     publisher: DefaultPublisher
     message_id: Callable[[str], str]
-    build: Callable[[SessionView], tuple[dict[str, Any], Any] | None]
+    build: Callable[[Any], tuple[dict[str, Any], Any] | None]  # from the source's view
 
     def body(self, sid: str, revision: int, content: dict[str, Any]) -> bytes:
         return orjson.dumps({"message_id": self.message_id(sid), "revision": revision, **content})
@@ -71,11 +74,62 @@ def channels(summaries: DefaultPublisher, transcripts: DefaultPublisher) -> tupl
     )
 
 
-class Outbox:
-    """Drains `sp:outbox`. Publishes at least once; every copy of a revision is the stored bytes."""
+def _stream_summary(view: StreamView) -> tuple[dict[str, Any], Any] | None:
+    if view.status != "ENDED":
+        return None
+    content = stream_summary(view)
+    return content, content
 
-    def __init__(self, store: Store, channels: Sequence[Channel], stats: Stats, *, chunk: int = 200) -> None:
+
+def stream_channels(summaries: DefaultPublisher) -> tuple[Channel, ...]:
+    return (Channel("summary", summaries, shapes.summary_message_id, _stream_summary),)
+
+
+Loaded = tuple[Any, Mapping[bytes, bytes]]  # a session's view and the hash its revisions live in
+
+
+@dataclass(frozen=True)
+class Source:
+    """Which sessions an outbox drains: its ZSET, the hash of each session, how to load them."""
+
+    outbox_key: str
+    state_key: StateKey
+    load: Callable[[Sequence[str]], Awaitable[list[Loaded | None]]]
+
+
+def rtk_source(store: Store) -> Source:
+    async def load(sids: Sequence[str]) -> list[Loaded | None]:
+        raws = await store.read_many(sids)
+        return [
+            None if raw is None else (view_from_raw(sid, raw, events_by_peer(raw["events"])), raw["session"])
+            for sid, raw in zip(sids, raws, strict=True)
+        ]
+
+    return Source(C.OUTBOX, rtk_state_key, load)
+
+
+def stream_source(streams: StreamStore) -> Source:
+    async def load(sids: Sequence[str]) -> list[Loaded | None]:
+        return list(await streams.read_many(sids))
+
+    return Source(C.OUTBOX_STREAMS, lambda sid: C.stream_keys(sid)[0], load)
+
+
+class Outbox:
+    """Drains a source's outbox ZSET. Publishes at least once; every copy of a revision is the
+    stored bytes."""
+
+    def __init__(
+        self,
+        store: Store,
+        channels: Sequence[Channel],
+        stats: Stats,
+        *,
+        source: Source | None = None,
+        chunk: int = 200,
+    ) -> None:
         self.store = store
+        self.source = source or rtk_source(store)
         self.channels = {c.name: c for c in channels}
         self.stats = stats
         self.chunk = chunk
@@ -88,21 +142,21 @@ class Outbox:
         Redis being down fails the pass as a whole (it backs off); a session whose message
         cannot be built or published stays in the outbox without holding back the others.
         """
-        due = await self.store.outbox_due(self.chunk)
+        src = self.source
+        due = await self.store.outbox_due(self.chunk, src.outbox_key)
         if not due:
             return 0
-        raws = await self.store.read_many([sid for sid, _ in due])
+        loaded = await src.load([sid for sid, _ in due])
         commits: list[tuple[str, str, str, int, str, bytes]] = []
         queued: dict[str, int] = {}
         unfinished: dict[str, int] = {}  # session -> channels still to be confirmed this pass
-        for (sid, queued_at), raw in zip(due, raws, strict=True):
+        for (sid, queued_at), got in zip(due, loaded, strict=True):
             queued[sid] = queued_at
             unfinished[sid] = 0
-            if raw is None:  # expired, or deleted by hand
+            if got is None:  # expired, or deleted by hand
                 continue
-            session = raw["session"]
+            view, session = got
             try:
-                view = view_from_raw(sid, raw, events_by_peer(raw["events"]))
                 built = [(ch, ch.build(view)) for ch in self.channels.values()]
             except Exception as exc:
                 self._failed(sid, "all", exc)
@@ -119,7 +173,7 @@ class Outbox:
                 )
                 unfinished[sid] += 1
 
-        outcomes = await self.store.commit_revisions(commits)
+        outcomes = await self.store.commit_revisions(commits, src.state_key)
         sends: list[tuple[str, Channel, int, bytes, bool]] = []  # session, channel, rev, body, was pending
         for (sid, name, *_), (kind, rev, body) in zip(commits, outcomes, strict=True):
             if kind == "retry":
@@ -144,8 +198,10 @@ class Outbox:
             self.stats.add(f"{ch.name}_published", ch.publisher.topic or "")
             if not pending:  # after a pending revision went out, the next pass commits the new one
                 unfinished[sid] -= 1
-        await self.store.mark_published(published)
-        await self.store.outbox_done([(sid, queued[sid]) for sid, left in unfinished.items() if left == 0])
+        await self.store.mark_published(published, src.state_key)
+        await self.store.outbox_done(
+            [(sid, queued[sid]) for sid, left in unfinished.items() if left == 0], src.outbox_key
+        )
         if unreachable:
             raise unreachable[0]
         return len(published)
@@ -186,7 +242,7 @@ class Outbox:
         """Drain until empty or out of time (used at shutdown)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not await self.store.outbox_due(1):
+            if not await self.store.outbox_due(1, self.source.outbox_key):
                 return
             await self.drain_once()
             await asyncio.sleep(0.05)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 
 Command = PeerEvent | SessionMessage | Artifact
 Channel = str  # an outbound message kind with its own revisions: "summary" or "transcript"
+StateKey = Callable[[str], str]
+
+
+def rtk_state_key(sid: str) -> str:
+    """The hash holding a RealtimeKit session's `ver` and outbound revisions."""
+    return C.session_keys(sid)[0]
 
 
 # redis-py types replies for either client mode; ours is built without `decode_responses`,
@@ -57,7 +63,8 @@ APPLY = Script("apply_rtk", _script("apply_rtk"))
 REVISION = Script("revision", _script("revision"))
 OUTBOX_DONE = Script("outbox_done", _script("outbox_done"))
 PEER_REPORT = Script("peer_report", _script("peer_report"))
-SCRIPTS = (APPLY, REVISION, OUTBOX_DONE, PEER_REPORT)
+APPLY_LIVEPEER = Script("apply_livepeer", _script("apply_livepeer"))
+SCRIPTS = (APPLY, REVISION, OUTBOX_DONE, PEER_REPORT, APPLY_LIVEPEER)
 
 
 @dataclass(frozen=True)
@@ -217,32 +224,35 @@ class Store:
 
     # --- outbox -------------------------------------------------------------------------
 
-    async def outbox_due(self, limit: int) -> list[tuple[str, int]]:
+    async def outbox_due(self, limit: int, outbox: str = C.OUTBOX) -> list[tuple[str, int]]:
         """Sessions with outbound messages due, with the change counter they were queued at."""
-        entries = await self.redis.zrange(C.OUTBOX, 0, limit - 1, withscores=True)
+        entries = await self.redis.zrange(outbox, 0, limit - 1, withscores=True)
         return [(m.decode(), int(score)) for m, score in _zset_scored_members(entries)]
 
     async def commit_revisions(
-        self, items: Sequence[tuple[str, Channel, str, int, str, bytes]]
+        self, items: Sequence[tuple[str, Channel, str, int, str, bytes]], state_key: StateKey = rtk_state_key
     ) -> list[tuple[str, int, bytes]]:
         """For each (session, channel, ver read, <channel>_rev read, content hash, body):
-        (kind, revision, body to publish or b''), in one round trip; the kinds are revision.lua's."""
+        (kind, revision, body to publish or b''), in one round trip; the kinds are revision.lua's.
+        ``state_key`` names the hash that holds the session's `ver` and revisions."""
         calls: list[tuple[Sequence[str], Sequence[str | bytes]]] = [
-            ([C.session_keys(sid)[0]], ["commit", ch, ver, str(rev_seen), digest, body])
+            ([state_key(sid)], ["commit", ch, ver, str(rev_seen), digest, body])
             for sid, ch, ver, rev_seen, digest, body in items
         ]
         replies = await self._evalsha_many(REVISION, calls) if calls else []
         return [(r[0].decode(), int(r[1]), r[2]) for r in replies]
 
-    async def mark_published(self, published: Sequence[tuple[str, Channel, int]]) -> None:
+    async def mark_published(
+        self, published: Sequence[tuple[str, Channel, int]], state_key: StateKey = rtk_state_key
+    ) -> None:
         """Record, per session and channel, the revision the broker acknowledged."""
-        calls = [([C.session_keys(sid)[0]], ["published", ch, str(rev)]) for sid, ch, rev in published]
+        calls = [([state_key(sid)], ["published", ch, str(rev)]) for sid, ch, rev in published]
         if calls:
             await self._evalsha_many(REVISION, calls)
 
-    async def outbox_done(self, entries: Sequence[tuple[str, int]]) -> list[bool]:
+    async def outbox_done(self, entries: Sequence[tuple[str, int]], outbox: str = C.OUTBOX) -> list[bool]:
         """Drop drained entries, each unless its session changed since it was read."""
-        calls = [([C.OUTBOX], [sid, str(queued_at)]) for sid, queued_at in entries]
+        calls = [([outbox], [sid, str(queued_at)]) for sid, queued_at in entries]
         return [bool(r) for r in await self._evalsha_many(OUTBOX_DONE, calls)] if calls else []
 
     # --- read side --------------------------------------------------------------------

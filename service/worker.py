@@ -28,17 +28,20 @@ from faststream.kafka.annotations import KafkaMessage
 from redis import exceptions as rexc
 
 from .core.model import PeerReport
+from .core.streams import RecordingUpdate, Snapshot, StreamCommand, StreamIdle
 from .errors import InvalidMessage, StoreUnavailable
-from .outbox import Outbox, channels
+from .livepeer import decode_livepeer_webhook, decode_snapshot
+from .outbox import Outbox, channels, stream_channels, stream_source
 from .runtime import Runtime, build_runtime, configure_logging
 from .stats import Stats
 from .store import Command
+from .stream_store import StreamApplied, StreamStore
 from .webhooks import decode_rtk_webhook
 from .wire import decode_peer_event, decode_peer_report, decode_session
 
 log = logging.getLogger("service.worker")
 
-Decoded = list[Command] | PeerReport
+Decoded = list[Command] | PeerReport | Snapshot | RecordingUpdate | StreamIdle | None
 
 
 def _now_ms() -> int:
@@ -53,6 +56,10 @@ class Batch:
     by_session: dict[str, list[Command]] = field(default_factory=lambda: defaultdict(list))
     sources: dict[str, list[tuple[ConsumerRecord, int]]] = field(default_factory=lambda: defaultdict(list))
     reports: list[tuple[ConsumerRecord, PeerReport]] = field(default_factory=list)
+    streams: dict[str, list[StreamCommand]] = field(default_factory=lambda: defaultdict(list))
+    stream_sources: dict[str, list[ConsumerRecord]] = field(default_factory=lambda: defaultdict(list))
+    idles: list[tuple[ConsumerRecord, StreamIdle]] = field(default_factory=list)
+    ignored: list[ConsumerRecord] = field(default_factory=list)  # valid, but no state to change
     bad: list[tuple[ConsumerRecord, InvalidMessage]] = field(default_factory=list)
 
 
@@ -92,6 +99,10 @@ class Worker:
             description="One TranscriptReady per session whose transcript link became known.",
         )
         self.outbox = Outbox(rt.store, channels(self.summaries, self.transcripts), self.stats)
+        self.streams = StreamStore(rt.store)
+        self.stream_outbox = Outbox(
+            rt.store, stream_channels(self.summaries), self.stats, source=stream_source(self.streams)
+        )
         self.consumer: Any = None  # the aiokafka consumer, once FastStream has started it
         self.last_batch_full = False
         # Every inbound topic is keyed by session id and has the same partition count.
@@ -100,6 +111,8 @@ class Worker:
             self.topics.rtk_peer_events: lambda r: [decode_peer_event(r.value, r.key)],
             self.topics.rtk_webhooks: lambda r: decode_rtk_webhook(r.value, r.key),
             self.topics.peer_reports: lambda r: decode_peer_report(r.value, r.timestamp),
+            self.topics.livepeer_sessions: lambda r: decode_snapshot(r.value),
+            self.topics.livepeer_webhooks: lambda r: decode_livepeer_webhook(r.value, r.key),
         }
 
     @property
@@ -119,6 +132,13 @@ class Worker:
                 continue
             if isinstance(decoded, PeerReport):
                 batch.reports.append((rec, decoded))
+            elif isinstance(decoded, Snapshot | RecordingUpdate):
+                batch.streams[decoded.session_id].append(decoded)
+                batch.stream_sources[decoded.session_id].append(rec)
+            elif isinstance(decoded, StreamIdle):
+                batch.idles.append((rec, decoded))
+            elif decoded is None:
+                batch.ignored.append(rec)
             elif decoded:
                 sid = decoded[0].session_id
                 batch.by_session[sid].extend(decoded)
@@ -144,11 +164,36 @@ class Worker:
                     self.stats.add("late_after_end", topic)
         for (rec, _), new in zip(batch.reports, stored, strict=True):
             self.stats.add("applied" if new else "duplicate", self.topics.strip(rec.topic))
+        await self.process_streams(batch)
         if batch.bad:
             await self.dead_letter(batch.bad)
         due = await store.update_indexes(results)
         if due:
             self.outbox.wake.set()
+
+    async def process_streams(self, batch: Batch) -> None:
+        """Livepeer snapshots and webhooks; `stream.idle` ends the parent stream's sessions."""
+        streams = self.streams
+        results = await streams.apply(batch.streams) if batch.streams else {}
+        for sid, res in results.items():
+            for rec, letter in zip(batch.stream_sources[sid], res.letters, strict=True):
+                self.stats.add("duplicate" if letter == "D" else "applied", self.topics.strip(rec.topic))
+        for rec in batch.ignored:
+            self.stats.add("applied", self.topics.strip(rec.topic))
+            self.stats.add("no_state", self.topics.strip(rec.topic))
+        if batch.idles:
+            found = await streams.record_idle([(i.parent_id, i.t_ms) for _, i in batch.idles])
+            results.update(await streams.end([pair for pairs in found for pair in pairs]))
+            for rec, _ in batch.idles:
+                self.stats.add("applied", self.topics.strip(rec.topic))
+        due = await streams.update_indexes(results)
+        # A stream.idle handled before these sessions were indexed is found now (record_idle).
+        live = [(sid, r.parent_id, r.created_ms or 0) for sid, r in results.items() if r.status == "LIVE"]
+        late = await streams.idle_since([x for x in live if x[1]])
+        if late:
+            due = await streams.update_indexes(await streams.end(late)) or due
+        if due:
+            self.stream_outbox.wake.set()
 
     async def dead_letter(self, bad: Sequence[tuple[ConsumerRecord, InvalidMessage]]) -> None:
         async def one(rec: ConsumerRecord, exc: InvalidMessage) -> None:
@@ -284,9 +329,28 @@ class Worker:
                 offset -= sum(1 for r in results.values() if r.status != "LIVE")
                 if await self.rt.store.update_indexes(results):
                     self.outbox.wake.set()
+            ended += await self._sweep_streams(now, assignment, max_pages)
         if ended:
             self.stats.add("idle_ended", "sweeper", ended)
             log.info("idle rule ended %d sessions", ended)
+        return ended
+
+    async def _sweep_streams(self, now: int, assignment: set[TopicPartition], max_pages: int) -> int:
+        s = self.rt.settings
+        ended, offset = 0, 0
+        for _ in range(max_pages):
+            ids = await self.streams.idle_candidates(now - s.idle_timeout_ms, 500, offset)
+            if not ids:
+                break
+            offset += len(ids)
+            mine = [sid for sid in ids if self.owns(sid, assignment)]
+            if not mine:
+                continue
+            results: dict[str, StreamApplied] = await self.streams.end_idle(mine, now, s.idle_timeout_ms)
+            ended += sum(1 for r in results.values() if r.letters == "I")
+            offset -= sum(1 for r in results.values() if r.status != "LIVE")
+            if await self.streams.update_indexes(results):
+                self.stream_outbox.wake.set()
         return ended
 
     async def run_sweeper(self) -> None:
@@ -364,6 +428,9 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
     async def _after() -> None:
         worker.consumer = subscriber.consumer
         tasks.append(asyncio.create_task(worker.outbox.run(s.outbox_interval_seconds, worker.stopping)))
+        tasks.append(
+            asyncio.create_task(worker.stream_outbox.run(s.outbox_interval_seconds, worker.stopping))
+        )
         tasks.append(asyncio.create_task(worker.run_sweeper()))
 
     @app.on_shutdown
@@ -372,6 +439,7 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         worker.stopping.set()
         try:
             await worker.outbox.flush(timeout_s=10.0)
+            await worker.stream_outbox.flush(timeout_s=5.0)
         except Exception as exc:
             log.warning("outbox not fully drained at shutdown (it resumes on the next start): %s", exc)
 

@@ -18,9 +18,14 @@ from redis.asyncio import Redis
 from service import constants as C
 from service.core import shapes
 from service.core.model import ReferenceSession
+from service.core.streams import ReferenceStream, StreamEnd, stream_session_object, stream_summary
+from service.livepeer import decode_livepeer_webhook, decode_snapshot
 from service.store import Store
+from service.stream_store import StreamStore
 from service.webhooks import decode_rtk_webhook
 from tests.meetings import Meeting, random_meeting, webhook_bodies
+from tests.streams import T0, snapshot_series
+from tests.streams import webhook as lp_webhook
 from tests.unit.rtk_factory import apply
 from tests.unit.test_properties import SECONDS, event_logs, redeliveries, snapshot
 from tests.unit.test_webhooks import by_topics, by_webhooks
@@ -138,3 +143,64 @@ def test_scripts_equal_the_reference_for_webhooks_and_artifacts(
     assert view.artifacts == expected.view().artifacts
     assert shapes.transcript_ready(view) == shapes.transcript_ready(expected.view())
     assert [("duplicate" if c == "D" else "applied") for c in letters] == outcomes
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32), idle=st.booleans(), idle_rule=st.booleans())
+def test_the_stream_script_equals_the_reference(
+    loop: asyncio.AbstractEventLoop, redis_url: str, seed: int, idle: bool, idle_rule: bool
+) -> None:
+    rng = random.Random(seed)
+    sid, parent, snaps = snapshot_series(rng)
+    sid = f"lp-prop-{uuid.uuid4()}"
+    commands: list[Any] = [decode_snapshot(orjson.dumps({**s, "id": sid})) for s in snaps]
+    last = snaps[-1]["lastSeen"]
+    for event, url in (("recording.waiting", None), ("recording.ready", "https://x/a.mp4")):
+        body = lp_webhook(event, t_ms=last + rng.randint(-5000, 5000), stream_id=parent, session_id=sid)
+        if url:
+            body["payload"]["mp4Url"] = url
+        commands.append(decode_livepeer_webhook(orjson.dumps(body), None))
+    if idle:
+        commands.append(StreamEnd(sid, last + rng.randint(-3000, 3000), ""))
+    delivered = commands + rng.sample(commands, k=len(commands) // 3)
+    rng.shuffle(delivered)
+    cuts = sorted(rng.sample(range(len(delivered) + 1), k=min(3, len(delivered))))
+    batches = [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)], strict=True) if b > a]
+
+    expected = ReferenceStream(sid)
+    outcomes = [expected.apply(c) for c in delivered]
+    idle_at = T0 + 10**10
+    if idle_rule:
+        expected.end_idle(idle_at, 600_000)
+
+    async def run() -> tuple[Any, str]:
+        redis = Redis.from_url(redis_url)
+        try:
+            store = Store(redis, retention_ms=3_600_000)
+            await store.load_scripts()
+            streams = StreamStore(store)
+            letters = ""
+            for batch in batches:
+                letters += (await streams.apply({sid: batch}))[sid].letters
+            if idle:
+                # As the worker does for a live session whose parent went idle before it was indexed.
+                await streams.end([(sid, end.t_ms) for end in delivered if isinstance(end, StreamEnd)][:1])
+            if idle_rule:
+                await streams.end_idle([sid], idle_at, 600_000)
+            got = await streams.read(sid)
+            assert got is not None
+            await redis.delete(*C.stream_keys(sid))
+            return got[0], letters
+        finally:
+            await redis.aclose()
+
+    view, letters = loop.run_until_complete(run())
+    want = expected.view()
+    assert (view.status, view.end_reason, view.ended_ms) == (want.status, want.end_reason, want.ended_ms)
+    assert stream_session_object(view) == stream_session_object(want)
+    assert stream_summary(view) == stream_summary(want)
+    # Snapshots and recordings are classified as the reference does (stream ends have no duplicates).
+    kept = [not isinstance(c, StreamEnd) for c in delivered]
+    want_outcomes = [o for o, k in zip(outcomes, kept, strict=True) if k]
+    got_letters = [x for x, k in zip(letters, kept, strict=True) if k]
+    assert [("duplicate" if x == "D" else "applied") for x in got_letters] == want_outcomes
