@@ -8,8 +8,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import hiredis
 from faststream.kafka import KafkaBroker
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from .config import Settings
@@ -27,12 +28,33 @@ def configure_logging(level: str) -> None:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG)
 
 
+class _HiredisPacking:
+    """Commands encoded by hiredis in C: redis-py's asyncio connections encode them in Python,
+    which costs the worker about ten times more per script call with many arguments."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str | bytes) and b" " not in _as_bytes(args[0]):
+            return [hiredis.pack_command(args)]
+        # `CONFIG GET`-style names are split by redis-py's own packer.
+        packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+        return packed
+
+
+class _PackedConnection(_HiredisPacking, Connection):
+    pass
+
+
+def _as_bytes(v: str | bytes) -> bytes:
+    return v.encode() if isinstance(v, str) else v
+
+
 def build_redis(settings: Settings) -> Redis:
     common: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5, "health_check_interval": 15}
     if settings.redis_cluster:
         # RedisCluster serves the same commands as Redis but is not a subclass of it.
         return RedisCluster.from_url(settings.redis_url, **common)  # type: ignore[return-value]
-    return Redis.from_url(settings.redis_url, **common)
+    # rediss:// and unix:// URLs keep redis-py's own connection classes (from_url picks them).
+    return Redis.from_url(settings.redis_url, connection_class=_PackedConnection, **common)
 
 
 def build_broker(settings: Settings) -> KafkaBroker:
@@ -43,7 +65,7 @@ def build_broker(settings: Settings) -> KafkaBroker:
         # Real Kafka: on. The embedded tansu broker does not implement InitProducerId.
         enable_idempotence=settings.kafka_enable_idempotence,
         # Webhook bodies may be up to 1 MiB, plus the record's own overhead; the webhook topics
-        # are created with a matching max.message.bytes (docker-compose.yml, deploy/).
+        # are created with a matching max.message.bytes (docker-compose.yml's topics job).
         max_request_size=2 * 1024 * 1024,
         graceful_timeout=30.0,
     )

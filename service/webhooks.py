@@ -20,7 +20,7 @@ from .core.intervals import CODE_BY_EVENT_NAME
 from .core.model import VIA_WEBHOOK, Artifact, PeerEvent, SessionMessage
 from .core.timeutil import TimestampError, iso_ms, parse_iso_ms
 from .errors import InvalidMessage
-from .wire import Id, _validate, canonical_json, load_object
+from .wire import Id, _validate, canonical_json, iso_field_ms, load_object
 
 Command = PeerEvent | SessionMessage | Artifact
 
@@ -88,10 +88,7 @@ def _time(value: str | None, where: str, *, required: bool = False) -> int | Non
         if required:
             raise InvalidMessage("missing_field", f"required field {where!r} is missing")
         return None
-    try:
-        return parse_iso_ms(value)
-    except TimestampError as exc:
-        raise InvalidMessage("invalid_timestamp", f"field {where!r}: {exc}") from exc
+    return iso_field_ms(value, where)
 
 
 def _loose_time(value: Any) -> int:

@@ -110,8 +110,13 @@ _MIN_MS, _MAX_MS = 0, 253_402_300_799_999  # 1970-01-01T00:00:00.000Z .. 9999-12
 
 
 def _ms(obj: BaseModel, field: str) -> int:
+    return iso_field_ms(getattr(obj, field), field)
+
+
+def iso_field_ms(value: str, field: str) -> int:
+    """An ISO-8601 field as epoch ms within 1970..9999, or the dead-letter reason."""
     try:
-        ms = parse_iso_ms(getattr(obj, field))
+        ms = parse_iso_ms(value)
     except TimestampError as exc:
         raise InvalidMessage("invalid_timestamp", f"field {field!r}: {exc}") from exc
     if not _MIN_MS <= ms <= _MAX_MS:
@@ -152,20 +157,50 @@ def decode_session(raw: bytes) -> SessionMessage:
     )
 
 
+# RtkPeerEventIn's optional fields, all strings but `minutes_consumed`.
+_PEER_OPTIONAL_STR = tuple(
+    name
+    for name, f in RtkPeerEventIn.model_fields.items()
+    if not f.is_required() and name != "minutes_consumed"
+)
+
+
+def _plain_peer_event(obj: dict[str, Any]) -> tuple[str, str, str, str] | None:
+    """(id, created_at, event_name, peer_id) when the object is one RtkPeerEventIn accepts as it
+    is, checked by hand: the hot path. None sends it through the model, which says what is wrong."""
+    eid, created, name, peer = obj.get("id"), obj.get("created_at"), obj.get("event_name"), obj.get("peer_id")
+    if type(eid) is not str or type(created) is not str or type(peer) is not str or not eid or not peer:
+        return None
+    if type(name) is not str or name not in CODE_BY_EVENT_NAME:
+        return None
+    for f in _PEER_OPTIONAL_STR:
+        v = obj.get(f)
+        if v is not None and type(v) is not str:
+            return None
+    minutes = obj.get("minutes_consumed")
+    if minutes is not None and type(minutes) is not int and type(minutes) is not float:
+        return None
+    return eid, created, name, peer
+
+
 def decode_peer_event(raw: bytes, key: bytes | None) -> PeerEvent:
     obj = load_object(raw)
-    ev: RtkPeerEventIn = _validate(RtkPeerEventIn, obj)
-    session_id = ev.session_id or (key.decode("utf-8", "replace") if key else "")
+    plain = _plain_peer_event(obj)
+    if plain is None:
+        ev: RtkPeerEventIn = _validate(RtkPeerEventIn, obj)
+        plain = (ev.id, ev.created_at, ev.event_name, ev.peer_id)
+    eid, created, name, peer = plain
+    session_id = obj.get("session_id") or (key.decode("utf-8", "replace") if key else "")
     if not session_id:
         raise InvalidMessage("missing_field", "peer event has no 'session_id' and no message key")
-    t_ms = _ms(ev, "created_at")
-    if ev.updated_at is not None:
-        _ms(ev, "updated_at")
+    t_ms = iso_field_ms(created, "created_at")
+    if (updated := obj.get("updated_at")) is not None:
+        iso_field_ms(updated, "updated_at")
     return PeerEvent(
         session_id=session_id,
-        event_id=ev.id,
-        peer_id=ev.peer_id,
-        code=CODE_BY_EVENT_NAME[ev.event_name],
+        event_id=eid,
+        peer_id=peer,
+        code=CODE_BY_EVENT_NAME[name],
         t_ms=t_ms,
         raw_json=raw.decode("utf-8"),
     )

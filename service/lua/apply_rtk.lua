@@ -148,7 +148,11 @@ if not last_ms then
   if art_changed then redis.call('PEXPIRE', K_ART, retention) end
   return { '', '', '', 0, '0', table.concat(letters) }
 end
-if not existed then redis.call('PERSIST', K_ART) end
+if not existed then
+  redis.call('PERSIST', K_ART)
+  -- A transcript that came before the session's first fact is due now that the session exists.
+  if redis.call('HEXISTS', K_ART, 'v:transcript') == 1 then transcript_changed = true end
+end
 if art_changed then changed = true end
 if transcript_changed then redis.call('HSET', K_S, 'transcript_due', 1) end
 
@@ -234,7 +238,9 @@ if ended_ms then status = 'ENDED' end
 
 if changed then
   redis.call('HSET', K_S, 'status', status, 'started_ms', started, 'last_ms', fmt(last_ms),
-             'first_ms', fmt(first_ms or last_ms), 'live_participants', ended_ms and 0 or open_count)
+             'live_participants', ended_ms and 0 or open_count)
+  -- The earliest peer event only: a fallback stored here would depend on arrival order.
+  if first_ms then redis.call('HSET', K_S, 'first_ms', fmt(first_ms)) end
   -- RealtimeKit webhooks do not say the session type: 'meeting' until a source that does
   -- (it carries no stamp, so any source's value replaces it).
   redis.call('HSETNX', K_S, 'type', 'meeting')

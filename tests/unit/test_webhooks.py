@@ -227,6 +227,14 @@ def test_a_transcript_with_a_later_expiry_outranks_the_earlier_link() -> None:
             "missing_field",
         ),
         ({"event": "meeting.transcript", "meeting": meeting()}, "missing_field"),
+        (
+            {
+                "event": "meeting.participantJoined",
+                "meeting": meeting(),
+                "participant": {**PARTICIPANT, "joinedAt": "1969-12-31T23:59:59Z"},
+            },
+            "invalid_timestamp",
+        ),
         ({"event": "meeting.chatSynced", "chatDownloadUrl": "https://x"}, "missing_field"),
         ({"event": "recording.statusUpdate", "meeting": meeting(), "recording": "done"}, "missing_field"),
     ],

@@ -15,7 +15,7 @@ from service.core.intervals import CREATED, JOIN, LEAVE
 from service.core.model import event_details
 from service.core.timeutil import iso_ms
 from service.errors import InvalidMessage, SessionPulseError
-from service.wire import decode_peer_event, decode_session, load_object
+from service.wire import RtkPeerEventIn, _plain_peer_event, decode_peer_event, decode_session, load_object
 
 from .rtk_factory import MEETING_ID, ORG_ID, SESSION_ID, peer_event_dict, raw, session_dict, t
 
@@ -397,3 +397,15 @@ def test_mutated_sessions(body: dict[str, Any]) -> None:
 @given(mutated(peer_event_dict("p", "PEER_JOINING", 0, display_name="Ann", user_id="u")))
 def test_mutated_peer_events(body: dict[str, Any]) -> None:
     _decodes_or_dead_letters(json.dumps(body).encode())
+
+
+@settings(max_examples=400, deadline=None)
+@given(mutated(peer_event_dict("p", "PEER_JOINING", 0, display_name="Ann", user_id="u")))
+def test_the_hand_checked_path_accepts_only_what_the_model_accepts(body: dict[str, Any]) -> None:
+    # The hot path skips the pydantic model for plain events; it must never let through what the
+    # model refuses, and must read the same fields.
+    plain = _plain_peer_event(body)
+    if plain is None:
+        return
+    ev = RtkPeerEventIn.model_validate(body)
+    assert plain == (ev.id, ev.created_at, ev.event_name, ev.peer_id)

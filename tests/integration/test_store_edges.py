@@ -1,0 +1,57 @@
+"""Edge cases of the session script that the property tests do not reach by chance."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from service.core.model import Artifact, PeerEvent, SessionMessage
+from service.store import Store
+
+pytestmark = pytest.mark.integration
+
+
+def _join(sid: str, t: int) -> PeerEvent:
+    return PeerEvent(sid, f"e-{t}", "peer-1", 2, t, orjson.dumps({"peer_id": "peer-1"}).decode())
+
+
+def _transcript(sid: str) -> Artifact:
+    value = orjson.dumps({"url": "https://x/t.csv", "expiry": None}).decode()
+    return Artifact(sid, "transcript", "000000000000000|a", value)
+
+
+def _meeting_without_start(sid: str, t: int) -> SessionMessage:
+    meta = orjson.dumps({"meeting_display_name": "m"}).decode()
+    return SessionMessage(sid, "LIVE", t, None, None, meta, f"d-{t}")
+
+
+async def test_a_transcript_before_the_session_is_due_once_the_session_exists(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+    sid = f"edge-{uuid.uuid4()}"
+    first = (await store.apply({sid: [_transcript(sid)]}))[sid]
+    assert first.status == "" and not first.due
+    then = (await store.apply({sid: [_join(sid, 1_000)]}))[sid]
+    assert then.status == "LIVE" and then.due
+
+
+@pytest.mark.parametrize("order", ["message first", "join first"])
+async def test_started_at_without_a_start_does_not_depend_on_the_order(
+    redis_client: aioredis.Redis, order: str
+) -> None:
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+    sid = f"edge-{uuid.uuid4()}"
+    items = [_meeting_without_start(sid, 600_000), _join(sid, 900_000)]
+    if order == "join first":
+        items.reverse()
+    for item in items:
+        await store.apply({sid: [item]})
+    got = await store.read_view(sid)
+    assert got is not None
+    assert got[0].started_ms == 900_000  # the earliest peer event, whatever came first
