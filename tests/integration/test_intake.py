@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 import uuid
@@ -389,3 +390,34 @@ async def test_a_body_of_exactly_the_limit_reaches_kafka_whole(
     accepted(await client.post(RTK, content=body, headers=rtk_headers(body)))
     [msg] = await published(kafka_bootstrap, topics.rtk_webhooks)
     assert msg.value() == body
+
+
+async def test_no_key_secret_or_signature_reaches_the_logs(
+    make_settings: MakeSettings, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    api_key = "k-" + uuid.uuid4().hex
+    settings = make_settings(api_keys=orjson.dumps({api_key: "org-a"}).decode(), log_level="DEBUG")
+    caplog.set_level(logging.DEBUG)
+    body = rtk_body()
+    good = rtk_headers(body, str(uuid.uuid4()))
+    forged = rtk_sign(other_private_key(), body)
+    lp = lp_body()
+    async with serve(settings) as c:
+        accepted(await c.post(RTK, content=body, headers=good))
+        error_of(await c.post(RTK, content=body, headers={"rtk-signature": forged}), 401)
+        error_of(await c.post(LP, content=lp, headers=lp_headers(lp, secret="guessed-secret")), 401)
+        accepted(await c.post(LP, content=lp, headers=lp_headers(lp)))
+        await c.get("/v1/sessions/none", headers={"Authorization": f"Bearer {api_key}"})
+        await c.get("/v1/sessions/none", headers={"Authorization": f"Bearer {api_key}x"})
+    logged = caplog.text
+    assert logged  # the refusals above were logged, so the check below looks at real lines
+    for secret in (
+        api_key,
+        SECRET,
+        "guessed-secret",
+        good["rtk-signature"],
+        forged,
+        lp_headers(lp)["Livepeer-Signature"].partition("v1=")[2],
+    ):
+        assert secret not in logged
+    assert public_pem().splitlines()[1] not in logged
