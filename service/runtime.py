@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,11 @@ class _HiredisPacking:
         # `CONFIG GET`-style names are split by redis-py's own packer.
         packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
         return packed
+
+    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
+        # One buffer for the whole pipeline: Python 3.11's transport sends each piece of a
+        # list with its own send() call, and a batch of script calls would be hundreds of them.
+        return [b"".join(piece for c in commands for piece in self.pack_command(*c))]
 
 
 class _PackedConnection(_HiredisPacking, Connection):
