@@ -1,4 +1,4 @@
-"""Command line: `python -m service worker | api | dev [--demo]`."""
+"""Command line: `python -m service worker | api | dev [--demo] | rebuild [--clear-redis]`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,25 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("api", help="serve the read API and the webhook intake")
     dev = sub.add_parser("dev", help="everything on one machine: embedded broker and Redis, worker, API")
     dev.add_argument("--demo", action="store_true", help="feed synthetic live meetings")
+    rebuild = sub.add_parser(
+        "rebuild",
+        help="rewind the worker group to the earliest offsets, so that workers rebuild Redis",
+        description=(
+            "Use when Redis lost its data (it came back empty, or without the AOF) or holds state to throw"
+            " away. Stop every worker first: the command refuses (exit code 2) while another member of"
+            " CONSUMER_GROUP holds a partition. It resets the group's committed offsets of every inbound"
+            " topic to the earliest retained offset; the workers started next replay the topics into"
+            " Redis. Only what the topics still retain is replayed."
+        ),
+    )
+    rebuild.add_argument(
+        "--clear-redis",
+        action="store_true",
+        help="also delete the service's keys (sp:*, webhook delivery marks kept) first; never FLUSHALL",
+    )
+    rebuild.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the group to assign partitions"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "worker":
@@ -23,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from .api import main as api_main
 
         return api_main()
+    if args.command == "rebuild":
+        from .rebuild import main_rebuild
+
+        return main_rebuild(clear_redis=args.clear_redis, join_timeout_s=args.timeout)
     from .devrun import main_dev
 
     return main_dev(args.demo)

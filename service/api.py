@@ -395,8 +395,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
     async def list_stream_sessions(
         parent_id: str, org: str = org_dep, page_no: PageNo = 1, per_page: PerPage = 20
     ) -> JSON:
-        ids = await streams.sessions_of(parent_id)
-        found = [g for g in await streams.read_many(ids) if g is not None and visible(g[0], org)]
+        found = [g for g in await streams.sessions_of(parent_id) if visible(g[0], org)]
         start = (page_no - 1) * per_page
         page = [stream_session_object(view) for view, _ in found[start : start + per_page]]
         return _ok({"sessions": page}, _paging(len(found), page_no, per_page, len(page)))

@@ -90,7 +90,7 @@ def decode_snapshot(raw: bytes) -> Snapshot:
     )
 
 
-def decode_livepeer_webhook(raw: bytes, key: bytes | None) -> RecordingUpdate | StreamIdle | None:
+def decode_livepeer_webhook(raw: bytes) -> RecordingUpdate | StreamIdle | None:
     """A recording update of one session, a stream's idle, or None for events without session state
     (`stream.started`, `multistream.*`, `asset.*`, `task.*`, ...: acknowledged and counted)."""
     hook: LivepeerWebhookIn = _validate(LivepeerWebhookIn, load_object(raw))
@@ -101,16 +101,17 @@ def decode_livepeer_webhook(raw: bytes, key: bytes | None) -> RecordingUpdate | 
     if when is None:
         raise InvalidMessage("missing_field", f"{event} needs 'timestamp' or 'createdAt'")
     t_ms = _ms(when, "timestamp")
-    fallback = key.decode("utf-8", "replace") if key else ""
+    # No fallback to the message key: the intake keys by the session when there is one, so a
+    # key could name the wrong kind of thing.
     if event == "stream.idle":
-        parent = (hook.stream or {}).get("id") or fallback
+        parent = (hook.stream or {}).get("id")
         if not isinstance(parent, str) or not parent:
             raise InvalidMessage("missing_field", "stream.idle needs 'stream.id'")
         return StreamIdle(parent, t_ms, _digest(raw))
     payload = hook.payload or {}
     session = payload.get("session") if isinstance(payload.get("session"), dict) else {}
     assert isinstance(session, dict)
-    sid = session.get("id") or fallback
+    sid = session.get("id")
     if not isinstance(sid, str) or not sid:
         raise InvalidMessage("missing_field", f"{event} needs 'payload.session.id'")
     recording: dict[str, str] = {"recordingStatus": _RECORDING_STATUS[event]}

@@ -141,7 +141,7 @@ class StreamStore:
             if r.parent_id:
                 pipe.zadd(C.parent_sessions_key(r.parent_id), {sid: r.created_ms})
             if r.status == "LIVE":
-                pipe.zadd(C.IDX_LIVE_STREAMS, {sid: r.last_seen})
+                pipe.zadd(C.IDX_LIVE_STREAMS, {sid: r.last_seen}, gt=True)
             else:
                 pipe.zrem(C.IDX_LIVE_STREAMS, sid)
             if r.due:
@@ -169,10 +169,20 @@ class StreamStore:
     async def read(self, sid: str) -> tuple[StreamView, dict[bytes, bytes]] | None:
         return (await self.read_many([sid]))[0]
 
-    async def sessions_of(self, parent_id: str) -> list[str]:
-        """The parent stream's session ids, newest createdAt first."""
-        ids = await self.redis.zrevrange(C.parent_sessions_key(parent_id), 0, -1)
-        return [i.decode() for i in zset_members(ids)]
+    async def sessions_of(self, parent_id: str) -> list[tuple[StreamView, dict[bytes, bytes]]]:
+        """The parent stream's sessions, newest createdAt first.
+
+        Members whose session expired, or now names another parent, leave the index here.
+        """
+        key = C.parent_sessions_key(parent_id)
+        ids = [i.decode() for i in zset_members(await self.redis.zrevrange(key, 0, -1))]
+        found = await self.read_many(ids)
+        stale = [
+            sid for sid, got in zip(ids, found, strict=True) if got is None or got[0].parent_id != parent_id
+        ]
+        if stale:
+            await self.redis.zrem(key, *stale)
+        return [got for got in found if got is not None and got[0].parent_id == parent_id]
 
 
 def _view(sid: str, h: Mapping[bytes, bytes]) -> tuple[StreamView, dict[bytes, bytes]] | None:

@@ -112,7 +112,7 @@ class Worker:
             self.topics.rtk_webhooks: lambda r: decode_rtk_webhook(r.value, r.key),
             self.topics.peer_reports: lambda r: decode_peer_report(r.value, r.timestamp),
             self.topics.livepeer_sessions: lambda r: decode_snapshot(r.value),
-            self.topics.livepeer_webhooks: lambda r: decode_livepeer_webhook(r.value, r.key),
+            self.topics.livepeer_webhooks: lambda r: decode_livepeer_webhook(r.value),
         }
 
     @property

@@ -253,6 +253,7 @@ class ReferenceSession:
     explicit_end: tuple[int, int] | None = None  # (updated_ms of the end message, ended_ms)
     idle_end_ms: int | None = None
     last_ms: int | None = None
+    first_message_ms: int | None = None  # the earliest session message or webhook meeting time
 
     def _seen(self, t_ms: int) -> None:
         self.last_ms = t_ms if self.last_ms is None else max(self.last_ms, t_ms)
@@ -287,6 +288,8 @@ class ReferenceSession:
             if self.explicit_end is None or candidate > self.explicit_end:
                 self.explicit_end = candidate
         self._seen(msg.updated_ms)
+        first = self.first_message_ms
+        self.first_message_ms = msg.updated_ms if first is None else min(first, msg.updated_ms)
         return "applied"
 
     def apply_artifact(self, art: Artifact) -> Outcome:
@@ -327,8 +330,8 @@ class ReferenceSession:
         if "breakout_rooms" in meta:
             meta["breakout_rooms"] = orjson.loads(meta["breakout_rooms"])
         started = meta.pop("started_ms", None)
-        # started_at: the newest source's, else the earliest event, else the first message (as the scripts).
-        first = min((decode(e)[0] for evs in self.events.values() for e in evs), default=self.last_ms)
+        # started_at: the newest source's, else the earliest event, else the earliest message (as the scripts).
+        first = min((decode(e)[0] for evs in self.events.values() for e in evs), default=self.first_message_ms)
         return build_view(
             self.session_id,
             status="ENDED" if ended is not None else "LIVE",

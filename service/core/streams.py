@@ -180,7 +180,7 @@ class ReferenceStream:
     """One stream session under the CONTRACT rules, applied in memory in any order.
 
     A `stream.idle` is remembered even when it comes before the session's first snapshot:
-    the worker does the same by recording it on the parent stream (service/streams_worker.py).
+    the worker does the same by recording it on the parent stream (StreamStore.record_idle).
     """
 
     session_id: str

@@ -5,7 +5,8 @@
 --   snapshot:   'N', digest, lastSeen, sourceBytes, transcodedBytes, raw JSON, recording JSON,
 --               createdAt or '', parentId or ''
 --   recording:  'R', digest, t_ms, recording JSON, '', '', '', '', ''
---   stream end: 'E', t_ms, '', '', '', '', '', '', ''   (its parent stream's stream.idle at t_ms)
+--   stream end: 'E', t_ms, '', '', '', '', '', '', ''   (its parent stream's stream.idle at t_ms: the
+--               session has ended when the latest such time is at or after its createdAt)
 --   idle check: 'I', now_ms, idle_timeout_ms, '', '', '', '', '', ''
 -- Returns: { status ('' before the first snapshot), created_ms, last_seen, due (0/1), ver, parent id,
 --            one letter per item: A applied, D duplicate or superseded, N no effect, E ended by
@@ -23,11 +24,15 @@ local function fmt(x) return string.format('%.0f', x) end
 -- Zero-padded, so comparing the strings compares (time, digest).
 local function stamp(t, digest) return string.format('%015.0f', t) .. ':' .. digest end
 
-local st = redis.call('HMGET', K, 'cur_ls', 'cur_dg', 'prev_ls', 'prev_dg', 'created_ms', 'xend', 'idle_end')
+local st = redis.call('HMGET', K, 'cur_ls', 'cur_dg', 'prev_ls', 'prev_dg', 'created_ms', 'xend_ms', 'idle_end')
 local cur_ls, cur_dg = tonumber(st[1]), st[2]
 local prev_ls, prev_dg = tonumber(st[3]), st[4]
 local created = tonumber(st[5])
-local xend, idle_end = st[6] == '1', st[7] == '1'
+local xend_ms, idle_end = tonumber(st[6]), st[7] == '1'
+-- Ended by its parent's stream.idle when the latest one came at or after the session's creation:
+-- re-judged on every call, so the order of snapshots and idles does not matter.
+local function explicit() return cur_ls ~= nil and xend_ms ~= nil and xend_ms >= created end
+local xend = explicit()
 local changed = false
 local letters = {}
 
@@ -89,15 +94,15 @@ for i = 0, n - 1 do
     end
   elseif kind == 'E' then
     local t = tonumber(ARGV[b + 1])
-    if cur_ls and not xend and created <= t then
-      xend = true
-      redis.call('HSET', K, 'xend', 1, 'xend_ms', fmt(t))
+    if not xend_ms or t > xend_ms then
+      xend_ms = t
+      redis.call('HSET', K, 'xend_ms', fmt(t))
       changed = true
       letter = 'E'
     end
   elseif kind == 'I' then
     local now, idle = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
-    if cur_ls and not xend and not idle_end and cur_ls < now - idle then
+    if cur_ls and not explicit() and not idle_end and cur_ls < now - idle then
       idle_end = true
       redis.call('HSET', K, 'idle_end', 1)
       changed = true
@@ -108,11 +113,13 @@ for i = 0, n - 1 do
 end
 
 if not cur_ls then
-  -- Recordings of a session with no snapshot yet: kept for the retention, in case it follows.
+  -- Recordings or an idle time of a session with no snapshot yet: kept for the retention, in
+  -- case it follows.
   if changed then for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, retention) end end
   return { '', '', '', 0, '0', '', table.concat(letters) }
 end
 
+xend = explicit()
 local ended = xend or idle_end
 local status = 'LIVE'
 if ended then status = 'ENDED' end

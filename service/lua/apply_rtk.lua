@@ -34,10 +34,11 @@ local function better(raw, other)
 end
 
 local st = redis.call('HMGET', K_S, 'status', 'xend_u', 'xend_ms', 'idle_end_ms',
-                      'last_ms', 'first_ms', 'open_count')
+                      'last_ms', 'first_ms', 'open_count', 'first_msg_ms')
 local existed = st[1] ~= false
 local xend_u, xend_ms, idle_end_ms = num(st[2]), num(st[3]), num(st[4])
 local last_ms, first_ms, open_count = num(st[5]), num(st[6]), num(st[7]) or 0
+local first_msg_ms = num(st[8])
 local old_end = xend_ms or idle_end_ms
 
 local changed = false
@@ -118,6 +119,10 @@ for i = 0, n - 1 do
         end
       end
       if not last_ms or upd > last_ms then last_ms = upd; changed = true end
+      if not first_msg_ms or upd < first_msg_ms then
+        first_msg_ms = upd
+        redis.call('HSET', K_S, 'first_msg_ms', fmt(upd))
+      end
     end
   elseif kind == 'A' then
     local slot, rank = ARGV[b + 1], ARGV[b + 2]
@@ -232,7 +237,8 @@ if any_touched then
 end
 
 local meta_started = redis.call('HGET', K_S, 'meta_started_ms')
-local started = meta_started or fmt(first_ms or last_ms)
+-- started_at: a source's start, else the earliest peer event, else the earliest message.
+local started = meta_started or fmt(first_ms or first_msg_ms or last_ms)
 local status = 'LIVE'
 if ended_ms then status = 'ENDED' end
 

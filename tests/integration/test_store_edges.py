@@ -9,7 +9,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.core.model import Artifact, PeerEvent, SessionMessage
+from service.core.streams import ReferenceStream, Snapshot, StreamCommand, StreamEnd
+from service.livepeer import decode_snapshot
 from service.store import Store
+from service.stream_store import StreamStore
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +58,28 @@ async def test_started_at_without_a_start_does_not_depend_on_the_order(
     got = await store.read_view(sid)
     assert got is not None
     assert got[0].started_ms == 900_000  # the earliest peer event, whatever came first
+
+
+@pytest.mark.parametrize("idle_position", [0, 1, 2])
+async def test_stream_idle_without_created_at_does_not_depend_on_the_order(
+    redis_client: aioredis.Redis, idle_position: int
+) -> None:
+    # Without createdAt a session's creation is its newest lastSeen, which moves as snapshots come.
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+    streams = StreamStore(store)
+    sid = f"edge-lp-{uuid.uuid4()}"
+
+    def snap(last_seen: int) -> Snapshot:
+        body = {"id": sid, "lastSeen": last_seen, "parentId": "p", "sourceBytes": last_seen}
+        return decode_snapshot(orjson.dumps(body))
+
+    commands: list[StreamCommand] = [snap(100_000), snap(200_000)]
+    commands.insert(idle_position, StreamEnd(sid, 150_000, ""))
+    expected = ReferenceStream(sid)
+    for c in commands:
+        expected.apply(c)
+        await streams.apply({sid: [c]})
+    got = await streams.read(sid)
+    assert got is not None
+    assert got[0].status == expected.view().status == "LIVE"

@@ -159,7 +159,7 @@ def test_the_stream_script_equals_the_reference(
         body = lp_webhook(event, t_ms=last + rng.randint(-5000, 5000), stream_id=parent, session_id=sid)
         if url:
             body["payload"]["mp4Url"] = url
-        commands.append(decode_livepeer_webhook(orjson.dumps(body), None))
+        commands.append(decode_livepeer_webhook(orjson.dumps(body)))
     if idle:
         commands.append(StreamEnd(sid, last + rng.randint(-3000, 3000), ""))
     delivered = commands + rng.sample(commands, k=len(commands) // 3)

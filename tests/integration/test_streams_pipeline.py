@@ -176,7 +176,7 @@ async def test_shuffled_snapshots_webhooks_and_both_ends(
             mp4Url="https://x/720.mp4",
         )
         await post_livepeer(app, ready)
-        expected[ended_sid].apply(decode_livepeer_webhook(orjson.dumps(ready), None))  # type: ignore[arg-type]
+        expected[ended_sid].apply(decode_livepeer_webhook(orjson.dumps(ready)))  # type: ignore[arg-type]
         produced |= ends_of(kafka_bootstrap, topics.name(LIVEPEER_WEBHOOKS))
         await wait_for(
             lambda: drained(kafka_bootstrap, group, produced, redis_client), 60, "the late recording"

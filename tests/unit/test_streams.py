@@ -82,7 +82,7 @@ def test_recording_fields_come_from_the_newest_snapshot_or_webhook() -> None:
         recordingUrl="https://x/index.m3u8",
         mp4Url="https://x/720.mp4",
     )
-    s.apply(decode_livepeer_webhook(orjson.dumps(ready), None))
+    s.apply(decode_livepeer_webhook(orjson.dumps(ready)))
     later = snap(snapshot("s", "p", T0 + 20_000, T0, 3, 4, recordingStatus="waiting"))
     s.apply(later)  # older than the webhook: its recordingStatus does not win
     obj = stream_session_object(s.view())
@@ -174,14 +174,14 @@ def test_bad_snapshots_say_why(obj: dict, error_type: str) -> None:
 def test_webhooks_without_session_state_are_acknowledged_not_refused() -> None:
     for event in ("stream.started", "multistream.connected", "asset.ready", "task.spawned"):
         body = webhook(event, t_ms=T0, stream_id="p")
-        assert decode_livepeer_webhook(orjson.dumps(body), b"p") is None
+        assert decode_livepeer_webhook(orjson.dumps(body)) is None
 
 
 def test_stream_idle_names_the_parent_stream() -> None:
-    idle = decode_livepeer_webhook(orjson.dumps(webhook("stream.idle", t_ms=T0, stream_id="p")), b"p")
+    idle = decode_livepeer_webhook(orjson.dumps(webhook("stream.idle", t_ms=T0, stream_id="p")))
     assert idle is not None and (idle.parent_id, idle.t_ms) == ("p", T0)  # type: ignore[union-attr]
     with pytest.raises(InvalidMessage):
-        decode_livepeer_webhook(orjson.dumps({"id": "x", "event": "stream.idle", "stream": {}}), None)
+        decode_livepeer_webhook(orjson.dumps({"id": "x", "event": "stream.idle", "stream": {}}))
 
 
 def idle_for(sid: str, t: int) -> StreamEnd:
@@ -206,7 +206,6 @@ def test_any_order_with_duplicates_gives_the_same_view(seed: int, idle: bool) ->
                     mp4Url="https://x/a.mp4",
                 )
             ),
-            None,
         )
     )
     if idle:
