@@ -15,9 +15,11 @@ import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import constants as C
+from . import metrics
 from .core import shapes
 from .core.model import PeerView, SessionView
 from .core.streams import StreamView, stream_session_object, stream_summary
@@ -189,6 +191,18 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         )
 
     install_intake(app, rt)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        # The route's template, not the path: ids would make a label per session.
+        metrics.HTTP_REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     # The caller's organization: a dependency of every /v1 route (`*` when API_KEYS is unset).
     org_dep = Depends(auth.organization)
@@ -472,7 +486,7 @@ def main() -> int:
     import uvicorn
 
     rt = build_runtime()
-    configure_logging(rt.settings.log_level)
+    configure_logging(rt.settings.log_level, rt.settings.log_format)
     uvicorn.run(
         create_app(rt),
         host=rt.settings.http_host,

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     outbox_interval_seconds: float = Field(default=0.5, gt=0)
     redis_retry_max_seconds: float = Field(default=30.0, gt=0)
     webhook_dedupe_ttl_seconds: int = Field(default=86_400, gt=0)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)  # the worker's /metrics; 0: none
+    # Static group membership: a stable id per worker (e.g. a StatefulSet pod name) lets it
+    # restart within the session timeout without a rebalance. Unset: dynamic membership.
+    kafka_group_instance_id: str | None = None
+    log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
 
     @field_validator("topic_prefix")

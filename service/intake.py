@@ -25,6 +25,7 @@ from fastapi.responses import Response
 from pydantic import SecretStr
 
 from . import constants as C
+from . import metrics
 from .errors import SessionPulseError
 from .runtime import Runtime
 
@@ -103,11 +104,13 @@ class Intake:
 
     async def handle(self, request: Request, p: Provider) -> Response:
         try:
-            return await self._handle(request, p)
+            response = await self._handle(request, p)
         except Refused as r:
             log.info("%s webhook refused with %d: %s", p.name, r.status, r.message)
             body = {"success": False, "error": {"code": r.code, "message": r.message}}
-            return _json(body, r.status)
+            response = _json(body, r.status)
+        metrics.WEBHOOKS.labels(p.name, str(response.status_code)).inc()
+        return response
 
     async def _handle(self, request: Request, p: Provider) -> Response:
         if p.verify is None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
+import orjson
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Connection, Redis
 from redis.asyncio.cluster import RedisCluster
@@ -18,13 +20,39 @@ from .config import Settings
 from .constants import Topics
 from .store import Store
 
+# Context a log line may carry (`extra=`), kept as fields of the JSON line.
+LOG_CONTEXT = ("session_id", "topic", "partition", "offset", "error_type")
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the context fields it has."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in LOG_CONTEXT:
+            if (value := getattr(record, name, None)) is not None:
+                line[name] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+JsonFormatter.converter = time.gmtime  # log times in UTC, as the Z says
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """`text` for people, `json` (LOG_FORMAT=json) for log pipelines."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     # aiokafka reports every retry of an unreachable broker at ERROR; our own lines say it once.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG)
 

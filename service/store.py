@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,6 +18,7 @@ from . import constants as C
 from .core.intervals import Totals, parse_intervals
 from .core.model import Artifact, PeerEvent, PeerReport, SessionMessage, SessionView, build_view
 from .errors import StoreUnavailable
+from .metrics import REDIS_SCRIPT_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +136,12 @@ class Store:
             pipe = self.redis.pipeline(transaction=False)
             for keys, argv in calls:
                 pipe.evalsha(script.sha, len(keys), *keys, *argv)
+            started = time.perf_counter()
             try:
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
             except (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError) as exc:
                 raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
+            REDIS_SCRIPT_SECONDS.labels(script.name).observe(time.perf_counter() - started)
             if attempt == 1 and any(isinstance(r, rexc.NoScriptError) for r in replies):
                 # A restarted or failed-over Redis forgot the scripts; every call is idempotent.
                 await self.load_scripts()

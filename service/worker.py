@@ -27,6 +27,8 @@ from faststream import AckPolicy, FastStream
 from faststream.kafka.annotations import KafkaMessage
 from redis import exceptions as rexc
 
+from . import constants as C
+from . import metrics
 from .core.model import PeerReport
 from .core.streams import RecordingUpdate, Snapshot, StreamCommand, StreamIdle
 from .errors import InvalidMessage, StoreUnavailable
@@ -224,6 +226,13 @@ class Worker:
                 rec.offset,
                 exc.error_type,
                 exc.message,
+                extra={
+                    "topic": rec.topic,
+                    "partition": rec.partition,
+                    "offset": rec.offset,
+                    "error_type": exc.error_type,
+                    "session_id": rec.key.decode("utf-8", "replace") if rec.key else None,
+                },
             )
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> bool:
@@ -245,7 +254,16 @@ class Worker:
                     log.warning("stopping with a batch not applied; it will be redelivered")
                     return False
                 backoff = min(backoff * 2, self.rt.settings.redis_retry_max_seconds)
-                log.warning("batch of %d not applied (%s); retrying in %.1fs", len(records), reason, backoff)
+                first = records[0] if records else None
+                log.warning(
+                    "batch of %d not applied (%s); retrying in %.1fs",
+                    len(records),
+                    reason,
+                    backoff,
+                    extra={"topic": first.topic, "partition": first.partition, "offset": first.offset}
+                    if first
+                    else {},
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
 
@@ -353,6 +371,34 @@ class Worker:
                 self.stream_outbox.wake.set()
         return ended
 
+    async def refresh_gauges(self) -> None:
+        """Consumer lag per assigned partition, outbox depths and live sessions, for /metrics."""
+        consumer = self.consumer
+        if consumer is not None:
+            metrics.CONSUMER_LAG.clear()  # partitions no longer ours leave the gauge
+            for tp in consumer.assignment():
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    lag = max(0, hw - await consumer.position(tp))
+                    metrics.CONSUMER_LAG.labels(self.topics.strip(tp.topic), str(tp.partition)).set(lag)
+        pipe = self.rt.redis.pipeline(transaction=False)
+        for key in (C.OUTBOX, C.OUTBOX_STREAMS, C.IDX_LIVE, C.IDX_LIVE_STREAMS):
+            pipe.zcard(key)
+        rtk_due, streams_due, rtk_live, streams_live = await pipe.execute()
+        metrics.OUTBOX_DEPTH.labels("rtk").set(rtk_due)
+        metrics.OUTBOX_DEPTH.labels("streams").set(streams_due)
+        metrics.LIVE_SESSIONS.labels("rtk").set(rtk_live)
+        metrics.LIVE_SESSIONS.labels("streams").set(streams_live)
+
+    async def run_gauges(self, interval: float) -> None:
+        while not self.stopping.is_set():
+            try:
+                await self.refresh_gauges()
+            except Exception as exc:
+                log.debug("gauges not refreshed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=interval)
+
     async def run_sweeper(self) -> None:
         interval = self.rt.settings.sweep_interval_seconds
         while not self.stopping.is_set():
@@ -371,6 +417,7 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
     subscriber = rt.broker.subscriber(
         *worker.inbound_topics,
         group_id=s.consumer_group,
+        group_instance_id=s.kafka_group_instance_id,
         batch=True,
         max_records=s.batch_max_records,
         batch_timeout_ms=s.batch_timeout_ms,
@@ -394,8 +441,11 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         # A batch subscriber's raw message is the tuple of the batch's records.
         records = cast(Sequence[ConsumerRecord], msg.raw_message)
         worker.last_batch_full = len(records) >= s.batch_max_records
+        started = time.perf_counter()
         if await worker.handle(records):
             await worker.commit(msg)
+            metrics.BATCH_SIZE.observe(len(records))
+            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         else:
             worker.rewind(records)
 
@@ -404,7 +454,8 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
 
     @app.on_startup
     async def _start() -> None:
-        configure_logging(s.log_level)
+        configure_logging(s.log_level, s.log_format)
+        metrics.serve(s.metrics_port, worker.stats)
         backoff = 0.5
         while True:
             try:
@@ -432,6 +483,7 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
             asyncio.create_task(worker.stream_outbox.run(s.outbox_interval_seconds, worker.stopping))
         )
         tasks.append(asyncio.create_task(worker.run_sweeper()))
+        tasks.append(asyncio.create_task(worker.run_gauges(s.sweep_interval_seconds)))
 
     @app.on_shutdown
     async def _stop() -> None:
