@@ -279,10 +279,17 @@ def latest_summaries(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
 
 
 class WorkerProcess:
-    """`python -m service worker` (or a wrapper script) as a separate OS process."""
+    """`python -m service worker` (or a wrapper script, or another `command`) as a separate OS process."""
 
-    def __init__(self, env: dict[str, str], script: str | None = None, log_path: Path | None = None) -> None:
-        argv = [sys.executable, script] if script else [sys.executable, "-m", "service", "worker"]
+    def __init__(
+        self,
+        env: dict[str, str],
+        script: str | None = None,
+        log_path: Path | None = None,
+        *,
+        command: str = "worker",
+    ) -> None:
+        argv = [sys.executable, script] if script else [sys.executable, "-m", "service", command]
         self.log_path = (
             log_path or Path(os.environ.get("TMPDIR", "/tmp")) / f"sp-worker-{uuid.uuid4().hex[:8]}.log"
         )
@@ -322,6 +329,8 @@ def worker_env(bootstrap: str, redis_url: str, topics: Topics, **extra: str) -> 
         # tansu holds a JoinGroup for half the session timeout: short ones keep restarts quick.
         "KAFKA_SESSION_TIMEOUT_MS": "3000",
         "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+        # Many workers run side by side in the tests: none serves /metrics unless asked to.
+        "METRICS_PORT": "0",
     }
     env.update(extra)
     return env
@@ -338,21 +347,23 @@ async def wait_for(
     raise AssertionError(f"timed out after {within}s waiting for {what}")
 
 
-async def group_lag(bootstrap: str, group: str, produced: Offsets) -> int:
-    """Messages produced to the inbound topics that the consumer group has not committed yet.
+async def committed_offsets(bootstrap: str, group: str, partitions: Iterable[tuple[str, int]]) -> Offsets:
+    """The group's committed offset of each partition (0 where none).
 
     Read by a consumer of the group that never joins it (so it triggers no rebalance).
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
-        lag = 0
-        for (topic, partition), end in produced.items():
-            committed = await consumer.committed(KafkaTopicPartition(topic, partition))
-            lag += max(0, end - (committed or 0))
-        return lag
+        return {tp: await consumer.committed(KafkaTopicPartition(*tp)) or 0 for tp in partitions}
     finally:
         await consumer.stop()
+
+
+async def group_lag(bootstrap: str, group: str, produced: Offsets) -> int:
+    """Messages produced to the inbound topics that the consumer group has not committed yet."""
+    committed = await committed_offsets(bootstrap, group, produced)
+    return sum(max(0, end - committed[tp]) for tp, end in produced.items())
 
 
 async def drained(bootstrap: str, group: str, produced: Offsets, redis: aioredis.Redis) -> bool:
