@@ -297,6 +297,85 @@ def start_redis(
     return _start(RedisServer, "valkey", argv, _redis_answers, port, data_dir)
 
 
+class RedisClusterServers:
+    """A Redis Cluster of valkey-server masters on 127.0.0.1, slots split evenly among them."""
+
+    def __init__(self, nodes: list[RedisServer]) -> None:
+        self.nodes = nodes
+
+    @property
+    def url(self) -> str:
+        """Any node's URL: a cluster client discovers the others from it."""
+        return self.nodes[0].url
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def start_redis_cluster(masters: int = 3) -> RedisClusterServers:
+    """Start `masters` valkey-server nodes in cluster mode and join them into one cluster (no replicas)."""
+    binary = _valkey_binary()
+
+    def argv(p: int, directory: Path) -> list[str]:
+        return [
+            binary,
+            "--port", str(p),
+            "--bind", "127.0.0.1",
+            "--protected-mode", "no",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(directory.resolve()),
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", "5000",
+        ]  # fmt: skip
+
+    nodes: list[RedisServer] = []
+    try:
+        for _ in range(masters):
+            nodes.append(_start(RedisServer, "valkey-cluster", argv, _redis_answers, None))
+        _form_cluster([n.port for n in nodes])
+    except BaseException:
+        for node in nodes:
+            node.stop(keep_log=True)
+        raise
+    return RedisClusterServers(nodes)
+
+
+def _form_cluster(ports: list[int]) -> None:
+    """What `valkey-cli --cluster create` does, without the CLI: slots, MEET, wait for `ok`."""
+    import redis
+
+    clients = [redis.Redis(host="127.0.0.1", port=p) for p in ports]
+    try:
+        per = 16384 // len(ports)
+        for i, client in enumerate(clients):
+            last = 16383 if i == len(ports) - 1 else (i + 1) * per - 1
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, last)  # type: ignore[no-untyped-call]
+        for client in clients[1:]:
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", ports[0])  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            infos = [client.execute_command("CLUSTER", "INFO") for client in clients]  # type: ignore[no-untyped-call]
+            text = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
+            if all("cluster_state:ok" in t and f"cluster_known_nodes:{len(ports)}" in t for t in text):
+                return
+            time.sleep(0.1)
+        raise EmbeddedError(f"valkey cluster on ports {ports} did not reach cluster_state:ok")
+    finally:
+        for client in clients:
+            client.close()
+
+
 def topic_layout(topics: Topics, *, inbound: int, outbound: int) -> dict[str, int]:
     """Every contract topic (prefixed) with its partition count."""
     layout = {topics.name(t): inbound for t in INBOUND_TOPICS}

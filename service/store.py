@@ -66,7 +66,8 @@ REVISION = Script("revision", _script("revision"))
 OUTBOX_DONE = Script("outbox_done", _script("outbox_done"))
 PEER_REPORT = Script("peer_report", _script("peer_report"))
 APPLY_LIVEPEER = Script("apply_livepeer", _script("apply_livepeer"))
-SCRIPTS = (APPLY, REVISION, OUTBOX_DONE, PEER_REPORT, APPLY_LIVEPEER)
+READ = Script("read", _script("read"))
+SCRIPTS = (APPLY, REVISION, OUTBOX_DONE, PEER_REPORT, APPLY_LIVEPEER, READ)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,9 @@ class Store:
         for attempt in (1, 2):
             pipe = self.redis.pipeline(transaction=False)
             for keys, argv in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *argv)
+                # By name, not pipe.evalsha(): redis-py's cluster pipeline refuses that method,
+                # while the command itself is routed by its keys (one hash slot per call).
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv)
             started = time.perf_counter()
             try:
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
@@ -262,20 +265,16 @@ class Store:
     # --- read side --------------------------------------------------------------------
 
     async def read_raw(self, sid: str, *, events: bool = True) -> dict[str, dict[bytes, bytes]] | None:
-        """The session's hashes, read in one transaction (one hash slot).
+        """The session's hashes, read atomically by one script call (one hash slot).
 
         ``events=False`` skips the stored peer events: enough for a Session object,
         not for participants' details or a summary.
         """
         k = C.session_keys(sid)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hgetall(k[0])
-        pipe.hgetall(k[2])
-        pipe.hgetall(k[5])
-        if events:
-            pipe.hgetall(k[3])
-        replies = await pipe.execute()
-        return _session_raw(replies[0], replies[1], replies[2], replies[3] if events else {})
+        keys = [k[0], k[2], k[5], *([k[3]] if events else [])]
+        [replies] = await self._evalsha_many(READ, [(keys, [])])
+        hashes = [_pairs(r) for r in replies]
+        return _session_raw(hashes[0], hashes[1], hashes[2], hashes[3] if events else {})
 
     async def read_many(self, sids: Sequence[str]) -> list[dict[str, dict[bytes, bytes]] | None]:
         """Several sessions' hashes in one round trip.
@@ -311,6 +310,11 @@ def _session_raw(
     if not session or b"status" not in session:
         return None
     return {"session": session, "piv": piv, "art": art, "events": events}
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """A flat HGETALL reply [field, value, ...] as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def artifacts_from_raw(art: Mapping[bytes, bytes]) -> dict[str, Any]:
