@@ -331,7 +331,9 @@ class ReferenceSession:
             meta["breakout_rooms"] = orjson.loads(meta["breakout_rooms"])
         started = meta.pop("started_ms", None)
         # started_at: the newest source's, else the earliest event, else the earliest message (as the scripts).
-        first = min((decode(e)[0] for evs in self.events.values() for e in evs), default=self.first_message_ms)
+        first = min(
+            (decode(e)[0] for evs in self.events.values() for e in evs), default=self.first_message_ms
+        )
         return build_view(
             self.session_id,
             status="ENDED" if ended is not None else "LIVE",
