@@ -1,4 +1,4 @@
-"""Command line: `python -m service worker | api | dev [--demo] | rebuild [--clear-redis]`."""
+"""Command line: `python -m service worker | api | dev [--demo] | rebuild [--clear-redis] | asyncapi`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     rebuild.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for the group to assign partitions"
     )
+    spec = sub.add_parser(
+        "asyncapi", help="print the worker's AsyncAPI document (JSON), or write it to --out"
+    )
+    spec.add_argument("--out", help="file to write, e.g. docs/asyncapi.json")
     args = parser.parse_args(argv)
 
     if args.command == "worker":
@@ -42,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         from .api import main as api_main
 
         return api_main()
+    if args.command == "asyncapi":
+        from .asyncapi import main as asyncapi_main
+
+        return asyncapi_main(args.out)
     if args.command == "rebuild":
         from .rebuild import main_rebuild
 

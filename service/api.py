@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import constants as C
 from . import metrics
+from .asyncapi import document as asyncapi_document
 from .core import shapes
 from .core.model import PeerView, SessionView
 from .core.streams import StreamView, stream_session_object, stream_summary
@@ -199,6 +200,15 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         # The route's template, not the path: ids would make a label per session.
         metrics.HTTP_REQUESTS.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
         return response
+
+    spec: list[dict[str, Any]] = []  # built on first request, then kept
+
+    @app.get("/asyncapi.json", tags=["health"], include_in_schema=False)
+    async def asyncapi() -> JSON:
+        """The worker's AsyncAPI document (topics and messages), as docs/asyncapi.json."""
+        if not spec:
+            spec.append(asyncapi_document(rt.settings))
+        return JSON(spec[0])
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     async def prometheus() -> Response:

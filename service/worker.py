@@ -1,6 +1,7 @@
-"""`python -m service worker`: FastStream batch consumer that applies RealtimeKit facts to Redis.
+"""`python -m service worker`: FastStream batch consumer that applies session facts to Redis.
 
-It reads `rtk.sessions`, `rtk.peer-events`, `rtk.webhooks` and `rtk.peer-reports`. One
+It reads `rtk.sessions`, `rtk.peer-events`, `rtk.webhooks`, `rtk.peer-reports`,
+`livepeer.sessions` and `livepeer.webhooks`. One
 batch is handled as: decode every record (bad ones are dead-lettered), group by session,
 one pipelined script call per session (and one per peer report), index upkeep, then the
 offset commit.
@@ -431,8 +432,12 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
         ack_policy=AckPolicy.MANUAL,
         decoder=_no_decode,
-        title="rtk-facts",
-        description="RealtimeKit sessions, peer events, webhooks and peer reports, applied to session state.",
+        title="session-facts",
+        description=(
+            "RealtimeKit sessions, peer events, webhooks and peer reports, and Livepeer session snapshots"
+            " and webhooks, applied to session state in Redis. Values are UTF-8 JSON keyed by session id"
+            " (CONTRACT section 2); invalid ones go to sessions.dead-letter."
+        ),
     )
 
     @subscriber

@@ -82,3 +82,8 @@ async def test_api_metrics_count_requests_and_webhooks(api: httpx.AsyncClient) -
     text = (await api.get("/metrics")).text
     assert 'sessionpulse_http_requests_total{route="/v1/sessions/{session_id}",status="404"}' in text
     assert 'sessionpulse_webhooks_total{provider="realtimekit",status="503"}' in text
+
+
+async def test_the_api_serves_the_asyncapi_document(api: httpx.AsyncClient) -> None:
+    r = await api.get("/asyncapi.json")
+    assert r.status_code == 200 and r.json()["asyncapi"].startswith("3.")
