@@ -1,58 +1,62 @@
 """Quick drain figure: how fast one worker process applies a pre-filled backlog.
 
-Not the issue-5 benchmark (that one adds a bare-consumer ceiling and a naive baseline
-in the same run); this prints one events/s figure for a realistic RealtimeKit mix.
-Run: .venv/bin/python -m bench.quick_drain [events]
+Only phase (c) of `python -m bench` (no ceiling, baseline, correctness check, latency or
+memory): one events/s figure for the bench's realistic RealtimeKit mix, in well under a
+minute. Run: .venv/bin/python -m bench.quick_drain [events] [worker env NAME=VALUE ...]
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from service.constants import Topics
 from service.embedded import ensure_topics, start_kafka, start_redis, topic_layout
-from tests.integration.harness import WorkerProcess, drained, make_log, produce, wait_for, worker_env
+
+from .kafka_io import produce
+from .logmix import backlog
+from .phases import drain_worker, start_worker
+from .procs import CpuWindow
 
 
-async def main(target: int) -> None:
+async def main(target: int, extra_env: dict[str, str]) -> None:
+    log = backlog(1, target, max(1, min(5000, target // 60)))
+    ended = len(log.ended_ms)
     with start_kafka() as kafka, start_redis() as redis_server:
         topics = Topics("bench.")
         await ensure_topics(kafka.bootstrap, topic_layout(topics, inbound=6, outbound=1))
-        rng = random.Random(1)
-        items = []
-        while len(items) < target:
-            items += make_log(rng, 200, with_bad=False).items
         t0 = time.monotonic()
-        produced = produce(kafka.bootstrap, topics, items)
-        print(f"produced {len(items)} events in {time.monotonic() - t0:.1f}s")
+        ends = await asyncio.to_thread(produce, kafka.bootstrap, topics, log.items)
+        print(f"produced {len(log.items):,} events in {time.monotonic() - t0:.1f}s")
         redis = aioredis.Redis.from_url(redis_server.url)
-        env = worker_env(kafka.bootstrap, redis_server.url, topics)
-        w = WorkerProcess(env)
-        start = None
+        log_path = Path(tempfile.gettempdir()) / "sp-quick-drain-worker.log"
+        w = await start_worker(
+            kafka.bootstrap, redis_server.url, topics, "bench-quick", log_path, 1, extra_env
+        )
         try:
-            while start is None:
-                if await redis.exists("sp:idx:sessions"):
-                    start = time.monotonic()  # first batch applied: the group has joined
-                await asyncio.sleep(0.01)
-            await wait_for(
-                lambda: drained(kafka.bootstrap, env["CONSUMER_GROUP"], produced, redis),
-                600,
-                "drain",
-                every=0.1,
-            )
-            took = time.monotonic() - start
+            cpu = CpuWindow({"worker": w.proc.pid, "valkey": redis_server.pid, "tansu": kafka.pid}).start()
+            d = await drain_worker(w, redis, ends, ended, timeout_s=600, cpu=cpu)
         finally:
-            w.stop()
+            w.proc.stop()
+            await w.committed.stop()
+            await w.summaries.stop()
             await redis.aclose()
-        batches = w.log_text().count(" - Received")
-        print(f"worker applied {len(items)} events in {took:.2f}s: {len(items) / took:,.0f} events/s")
-        print(f"{batches} batches, {len(items) / max(batches, 1):,.0f} events per batch on average")
+    batches = w.proc.log_path.read_text(errors="replace").count(" - Received")
+    print(
+        f"worker applied {d.events:,} events in {d.seconds:.2f}s after its first commit:"
+        f" {d.rate:,.0f} events/s ({d.rate_with_startup:,.0f} with {d.startup_seconds:.1f}s start-up)"
+    )
+    print(f"{batches} batches, {d.events / max(batches, 1):,.0f} events per batch on average")
+    per_event = ", ".join(f"{k} {v}" for k, v in d.extra["cpu_us_per_event"].items())
+    print(f"CPU per event after the first commit, µs: {per_event}; peak RSS {d.extra['peak_rss_mib']} MiB")
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    env = dict(a.split("=", 1) for a in sys.argv[2:])
+    asyncio.run(main(n, env))
