@@ -18,7 +18,8 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
     """Channels, messages and operations of the worker; builds the app without connecting anything."""
     from .worker import build_app
 
-    rt = build_runtime(settings or Settings(kafka_bootstrap_servers="kafka:9092"))
+    # The committed document names the contract's topics: no prefix, whatever the environment says.
+    rt = build_runtime(settings or Settings(kafka_bootstrap_servers="kafka:9092", topic_prefix=""))
     build_app(rt)
     spec = AsyncAPI(
         rt.broker,

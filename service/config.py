@@ -30,10 +30,10 @@ class Settings(BaseSettings):
     retention_seconds: int = Field(default=7 * 24 * 3600, gt=0)
     kafka_enable_idempotence: bool = False
     kafka_client_id: str = "sessionpulse"
-    batch_max_records: int = Field(default=5000, ge=1)
-    batch_timeout_ms: int = Field(default=50, ge=0)
+    batch_max_records: int = Field(default=20_000, ge=1)
+    batch_timeout_ms: int = Field(default=10, ge=0)
     kafka_fetch_max_wait_ms: int = Field(default=500, ge=0)
-    kafka_max_partition_fetch_bytes: int = Field(default=1_048_576, ge=1024)
+    kafka_max_partition_fetch_bytes: int = Field(default=8 * 1_048_576, ge=1024)
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
     kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     kafka_group_instance_id: str | None = None
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
+
+    @field_validator("kafka_group_instance_id")
+    @classmethod
+    def _blank_is_unset(cls, v: str | None) -> str | None:
+        # An empty KAFKA_GROUP_INSTANCE_ID= would be static membership with an empty id.
+        return v.strip() or None if v is not None else None
 
     @field_validator("topic_prefix")
     @classmethod

@@ -126,13 +126,22 @@ class Outbox:
         stats: Stats,
         *,
         source: Source | None = None,
-        chunk: int = 200,
+        chunk: int = 50,
+        defer: Callable[[], bool] | None = None,
+        max_defer_s: float = 10.0,
     ) -> None:
         self.store = store
         self.source = source or rtk_source(store)
         self.channels = {c.name: c for c in channels}
         self.stats = stats
+        # Small chunks: building summaries is CPU work on the worker's event loop, and the batch
+        # path waits behind each chunk.
         self.chunk = chunk
+        # While `defer()` says the worker is draining a backlog, late facts keep changing ended
+        # sessions: waiting (at most max_defer_s) publishes one revision instead of many.
+        self.defer = defer
+        self.max_defer_s = max_defer_s
+        self.more = False  # the last pass left due sessions behind (a full chunk)
         self.wake = asyncio.Event()
 
     async def drain_once(self) -> int:
@@ -144,6 +153,7 @@ class Outbox:
         """
         src = self.source
         due = await self.store.outbox_due(self.chunk, src.outbox_key)
+        self.more = len(due) >= self.chunk
         if not due:
             return 0
         loaded = await src.load([sid for sid, _ in due])
@@ -222,12 +232,21 @@ class Outbox:
 
     async def run(self, interval_s: float, stopping: asyncio.Event) -> None:
         backoff = interval_s
+        last_drain = time.monotonic()
         while not stopping.is_set():
+            if self.defer is not None and self.defer() and time.monotonic() - last_drain < self.max_defer_s:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=interval_s)
+                continue
             try:
                 n = await self.drain_once()
+                last_drain = time.monotonic()
                 backoff = interval_s
                 if n:
-                    log.debug("published %d summaries", n)
+                    log.debug("published %d messages", n)
+                if self.more:
+                    await asyncio.sleep(0)  # let a batch in, then the next chunk
+                    continue
             except (StoreUnavailable, rexc.ConnectionError, rexc.TimeoutError, KafkaError, OSError) as exc:
                 backoff = min(backoff * 2, 30.0)
                 log.warning("outbox paused, retrying in %.1fs: %s", backoff, exc)

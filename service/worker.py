@@ -101,10 +101,20 @@ class Worker:
             title="sessions.transcript-ready",
             description="One TranscriptReady per session whose transcript link became known.",
         )
-        self.outbox = Outbox(rt.store, channels(self.summaries, self.transcripts), self.stats)
+
+        # A backlog fills every batch: summaries wait for it (up to 10 s) rather than being
+        # rebuilt for every late fact that reaches an ended session.
+        def backlog() -> bool:
+            return self.last_batch_full
+
+        self.outbox = Outbox(rt.store, channels(self.summaries, self.transcripts), self.stats, defer=backlog)
         self.streams = StreamStore(rt.store)
         self.stream_outbox = Outbox(
-            rt.store, stream_channels(self.summaries), self.stats, source=stream_source(self.streams)
+            rt.store,
+            stream_channels(self.summaries),
+            self.stats,
+            source=stream_source(self.streams),
+            defer=backlog,
         )
         self.consumer: Any = None  # the aiokafka consumer, once FastStream has started it
         self.last_batch_full = False
