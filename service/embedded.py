@@ -270,6 +270,18 @@ def start_kafka(port: int | None = None) -> KafkaServer:
     return _start(KafkaServer, "tansu", argv, _kafka_answers, port)
 
 
+def _valkey_argv(binary: str, port: int, directory: Path) -> list[str]:
+    """What every embedded valkey-server gets: loopback only, no RDB snapshots, its own dir."""
+    return [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--protected-mode", "no",
+        "--save", "",
+        "--dir", str(directory.resolve()),
+    ]  # fmt: skip
+
+
 def start_redis(
     port: int | None = None, *, appendonly: bool = False, data_dir: str | None = None
 ) -> RedisServer:
@@ -284,12 +296,7 @@ def start_redis(
 
     def argv(p: int, directory: Path) -> list[str]:
         return [
-            binary,
-            "--port", str(p),
-            "--bind", "127.0.0.1",
-            "--protected-mode", "no",
-            "--save", "",
-            "--dir", str(directory.resolve()),
+            *_valkey_argv(binary, p, directory),
             "--appendonly", "yes" if appendonly else "no",
             "--appendfsync", "always",
         ]  # fmt: skip
@@ -327,13 +334,8 @@ def start_redis_cluster(masters: int = 3) -> RedisClusterServers:
 
     def argv(p: int, directory: Path) -> list[str]:
         return [
-            binary,
-            "--port", str(p),
-            "--bind", "127.0.0.1",
-            "--protected-mode", "no",
-            "--save", "",
+            *_valkey_argv(binary, p, directory),
             "--appendonly", "no",
-            "--dir", str(directory.resolve()),
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", "5000",
