@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
     outbox_interval_seconds: float = Field(default=0.5, gt=0)
+    outbox_quiet_seconds: float = Field(default=1.0, ge=0)
     redis_retry_max_seconds: float = Field(default=30.0, gt=0)
     webhook_dedupe_ttl_seconds: int = Field(default=86_400, gt=0)
     metrics_port: int = Field(default=9464, ge=0, le=65535)  # the worker's /metrics; 0: none

@@ -129,6 +129,7 @@ class Outbox:
         chunk: int = 50,
         defer: Callable[[], bool] | None = None,
         max_defer_s: float = 10.0,
+        quiet_s: float = 0.0,
     ) -> None:
         self.store = store
         self.source = source or rtk_source(store)
@@ -142,17 +143,43 @@ class Outbox:
         self.defer = defer
         self.max_defer_s = max_defer_s
         self.more = False  # the last pass left due sessions behind (a full chunk)
+        # A session is taken once its change counter has stood still for quiet_s: facts that
+        # trickle in after an end then give one revision, not one per batch.
+        self.quiet_s = quiet_s
+        self._settling: dict[str, tuple[int, float]] = {}  # session -> (counter, first seen)
         self.wake = asyncio.Event()
 
-    async def drain_once(self) -> int:
+    def _settled(self, due: list[tuple[str, int]], quiet_s: float) -> list[tuple[str, int]]:
+        if quiet_s <= 0:
+            return due
+        now = time.monotonic()
+        ready = []
+        for sid, queued_at in due:
+            seen = self._settling.get(sid)
+            if seen is None or seen[0] != queued_at:
+                self._settling[sid] = (queued_at, now)
+            elif now - seen[1] >= quiet_s:
+                ready.append((sid, queued_at))
+        if len(self._settling) > 10 * self.chunk:  # sessions drained by another worker
+            self._settling = {sid: v for sid, v in self._settling.items() if now - v[1] < 60}
+        return ready
+
+    async def drain_once(self, *, final: bool = False) -> int:
         """One pass over a chunk of due sessions; returns how many messages it published.
+
+        ``final`` (at shutdown) takes every due session, settled or not.
 
         A handful of round trips for the whole chunk: read, commit, publish, record, remove.
         Redis being down fails the pass as a whole (it backs off); a session whose message
         cannot be built or published stays in the outbox without holding back the others.
         """
         src = self.source
-        due = await self.store.outbox_due(self.chunk, src.outbox_key)
+        quiet_s = 0.0 if final else self.quiet_s
+        # Settling sessions are looked at further down the queue than one chunk, so that those
+        # still settling at its head do not keep the others waiting.
+        window = self.chunk if quiet_s <= 0 else 20 * self.chunk
+        queue = await self.store.outbox_due(window, src.outbox_key)
+        due = self._settled(queue, quiet_s)[: self.chunk]
         self.more = len(due) >= self.chunk
         if not due:
             return 0
@@ -263,5 +290,5 @@ class Outbox:
         while time.monotonic() < deadline:
             if not await self.store.outbox_due(1, self.source.outbox_key):
                 return
-            await self.drain_once()
+            await self.drain_once(final=True)
             await asyncio.sleep(0.05)

@@ -107,7 +107,10 @@ class Worker:
         def backlog() -> bool:
             return self.last_batch_full
 
-        self.outbox = Outbox(rt.store, channels(self.summaries, self.transcripts), self.stats, defer=backlog)
+        quiet = rt.settings.outbox_quiet_seconds
+        self.outbox = Outbox(
+            rt.store, channels(self.summaries, self.transcripts), self.stats, defer=backlog, quiet_s=quiet
+        )
         self.streams = StreamStore(rt.store)
         self.stream_outbox = Outbox(
             rt.store,
@@ -115,6 +118,7 @@ class Worker:
             self.stats,
             source=stream_source(self.streams),
             defer=backlog,
+            quiet_s=quiet,
         )
         self.consumer: Any = None  # the aiokafka consumer, once FastStream has started it
         self.last_batch_full = False

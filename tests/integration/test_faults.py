@@ -202,3 +202,25 @@ async def test_a_transcript_ready_is_kept_until_published_and_issued_once_per_li
     assert [orjson.loads(b)["revision"] for b in transcripts.sent] == [1, 2]
     assert orjson.loads(transcripts.sent[1])["transcript_download_url"] == "https://x/2"
     assert await store.outbox_due(10) == []
+
+
+async def test_a_session_settles_before_its_summary_is_built(redis_client: aioredis.Redis) -> None:
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+    publisher = RecordingPublisher()
+    outbox = Outbox(store, channels(publisher, publisher), Stats(), quiet_s=0.3)  # type: ignore[arg-type]
+    sid = "outbox-settle"
+    await store.update_indexes(await store.apply({sid: [_join(sid, "a", 1_000), _ended(sid, 60_000)]}))
+    assert await outbox.drain_once() == 0  # just seen: not settled yet
+    # A late fact changes it while it settles: still one revision, with the late fact in it.
+    await store.update_indexes(await store.apply({sid: [_join(sid, "b", 2_000)]}))
+    assert await outbox.drain_once() == 0
+    await asyncio.sleep(0.35)
+    assert await outbox.drain_once() == 1
+    [body] = publisher.sent
+    assert (orjson.loads(body)["revision"], orjson.loads(body)["participants_total"]) == (1, 2)
+    assert await store.outbox_due(10) == []
+    # Shutdown does not wait for a session to settle.
+    await store.update_indexes(await store.apply({sid: [_join(sid, "c", 3_000)]}))
+    await outbox.flush(timeout_s=5)
+    assert [orjson.loads(b)["revision"] for b in publisher.sent] == [1, 2]

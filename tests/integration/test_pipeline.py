@@ -230,6 +230,12 @@ async def test_idle_rule_ends_quiet_sessions_and_explicit_end_wins(
         # A connected peer keeps a session live however quiet it is.
         assert (await api.get(f"/v1/sessions/{busy}")).json()["data"]["status"] == "LIVE"
 
+        async def first_revision() -> bool:
+            s = latest_summaries(kafka_bootstrap, topics.summaries).get(f"{quiet}:summary")
+            return s is not None and s["revision"] == 1 and s["end_reason"] == "idle_timeout"
+
+        await wait_for(first_revision, 60, "the idle end's summary")
+
         # An explicit end that arrives later wins: ended_at and end_reason replaced, summary re-issued.
         end = t + 8000
         msg = session_message(quiet, "ENDED", t, end + 1, end)
