@@ -46,6 +46,33 @@ class JSON(Response):
         return orjson.dumps(content)
 
 
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class HeaderLimit:
+    """Refuses requests whose header block is larger than MAX_HEADER_BYTES with 431."""
+
+    def __init__(self, app: Any, limit: int = MAX_HEADER_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.limit:
+            body = orjson.dumps(
+                {
+                    "success": False,
+                    "error": {
+                        "code": "headers_too_large",
+                        "message": f"request headers are over {self.limit} bytes",
+                    },
+                }
+            )
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 431, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         self.status, self.code, self.message = status, code, message
@@ -192,6 +219,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         )
 
     install_intake(app, rt)
+    app.add_middleware(HeaderLimit)
 
     @app.middleware("http")
     async def _count(request: Request, call_next: Any) -> Response:

@@ -103,7 +103,11 @@ async def rebuild(settings: Settings, *, clear_redis: bool, join_timeout_s: floa
         _err(f"rebuild: refused, nothing changed: {exc}")
         return REFUSED
     except TimeoutError:
-        _err(f"rebuild: no partition assignment within {join_timeout_s:g} s; nothing changed")
+        _err(
+            f"rebuild: no partition assignment within {join_timeout_s:g} s; nothing changed. A worker may still"
+            " be stopping, or (on the embedded tansu broker) a member that died during a rebalance holds"
+            " the group: try again, or use a new CONSUMER_GROUP and delete the old one"
+        )
         return FAILED
     except (KafkaError, rexc.RedisError) as exc:
         _err(f"rebuild: failed: {exc!r}")
@@ -198,7 +202,8 @@ def _report(
     for topic in sorted(by_topic):
         tps = by_topic[topic]
         before = sum(committed[tp] or 0 for tp in tps)
-        replay = sum(end[tp] - beginning[tp] for tp in tps)
+        # tansu under-reports high watermarks; the committed offset is a lower bound of the end too.
+        replay = sum(max(end[tp], committed[tp] or 0) - beginning[tp] for tp in tps)
         total += replay
         _say(
             f"rebuild: {topic}: {len(tps)} partitions, committed {before} -> {sum(beginning[tp] for tp in tps)}"

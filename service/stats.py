@@ -16,6 +16,9 @@ class Stats:
         if n:
             self.counts[(what, topic)] += n
 
+    def merge(self, other: Stats) -> None:
+        self.counts.update(other.counts)
+
     def total(self, what: str) -> int:
         return sum(n for (w, _), n in self.counts.items() if w == what)
 

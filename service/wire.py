@@ -124,8 +124,12 @@ def iso_field_ms(value: str, field: str) -> int:
     return ms
 
 
-def canonical_json(obj: Any) -> str:
-    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode()
+def canonical_json(obj: Any, option: int = orjson.OPT_SORT_KEYS) -> str:
+    """Compact JSON text; a value orjson cannot write (nested deeper than 254 levels) is refused."""
+    try:
+        return orjson.dumps(obj, option=option).decode()
+    except orjson.JSONEncodeError as exc:
+        raise InvalidMessage("invalid_field", f"a value cannot be stored: {exc}") from exc
 
 
 def decode_session(raw: bytes) -> SessionMessage:
@@ -215,4 +219,4 @@ def decode_peer_report(raw: bytes, timestamp_ms: int) -> PeerReport:
     """
     msg: RtkPeerReportIn = _validate(RtkPeerReportIn, load_object(raw))
     rank = f"{max(timestamp_ms, 0):015d}|{hashlib.sha1(raw, usedforsecurity=False).hexdigest()}"
-    return PeerReport(msg.session_id, msg.peer_id, rank, orjson.dumps(msg.peer_report).decode())
+    return PeerReport(msg.session_id, msg.peer_id, rank, canonical_json(msg.peer_report, option=0))

@@ -147,6 +147,11 @@ class Worker:
             except InvalidMessage as exc:
                 batch.bad.append((rec, exc))
                 continue
+            except Exception as exc:
+                # Decoding is pure: a retry cannot help, and retrying would stall the partition.
+                log.exception("decoder failed on %s[%d]@%d", rec.topic, rec.partition, rec.offset)
+                batch.bad.append((rec, InvalidMessage("decode_error", f"{type(exc).__name__}: {exc}")))
+                continue
             if isinstance(decoded, PeerReport):
                 batch.reports.append((rec, decoded))
             elif isinstance(decoded, Snapshot | RecordingUpdate):
@@ -163,7 +168,21 @@ class Worker:
         return batch
 
     async def process(self, records: Sequence[ConsumerRecord]) -> None:
-        """Apply one batch; returns only when every effect is in Redis (or dead-lettered)."""
+        """Apply one batch; returns only when every effect is in Redis (or dead-lettered).
+
+        Counts go to the worker's stats only when the whole batch succeeded: a batch retried
+        after a fault is counted once.
+        """
+        counted, self.stats = self.stats, Stats()
+        try:
+            await self._process(records)
+        except BaseException:
+            self.stats = counted
+            raise
+        counted.merge(self.stats)
+        self.stats = counted
+
+    async def _process(self, records: Sequence[ConsumerRecord]) -> None:
         for rec in records:
             self.stats.add("consumed", self.topics.strip(rec.topic))
         batch = self.decode(records)
@@ -405,6 +424,35 @@ class Worker:
         metrics.LIVE_SESSIONS.labels("rtk").set(rtk_live)
         metrics.LIVE_SESSIONS.labels("streams").set(streams_live)
 
+    async def watch_broker(self, every: float = 2.0) -> None:
+        """Say when Kafka becomes unreachable and when it is back (aiokafka's own retries are
+        silenced in the logs); the consumer and producer recover by themselves.
+
+        It checks every `every` seconds; while the broker stays away it says so again after
+        waits that double up to 30 s, so a long outage does not flood the log."""
+        bootstrap = self.rt.settings.kafka_bootstrap_servers
+        down_since: float | None = None
+        next_line, wait = 0.0, every
+        while not self.stopping.is_set():
+            try:
+                ok = await self.rt.broker.ping(timeout=1.0)
+                error = "" if ok else "no answer"
+            except Exception as exc:
+                ok, error = False, str(exc) or type(exc).__name__
+            now = time.monotonic()
+            if ok and down_since is not None:
+                log.warning("Kafka at %s reachable again after %.0fs", bootstrap, now - down_since)
+                down_since, wait = None, every
+            elif not ok:
+                if down_since is None:
+                    down_since, next_line = now, now
+                if now >= next_line:
+                    wait = min(wait * 2, 30.0)
+                    next_line = now + wait
+                    log.warning("Kafka at %s unreachable (%s); retrying in %.0fs", bootstrap, error, wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=every)
+
     async def run_gauges(self, interval: float) -> None:
         while not self.stopping.is_set():
             try:
@@ -486,6 +534,20 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
                     "waiting for Redis at %s (%s); retrying in %.1fs", _safe_url(s.redis_url), exc, backoff
                 )
                 await asyncio.sleep(backoff)
+        backoff = 0.5
+        while True:
+            try:
+                await rt.connect_broker()
+                break
+            except Exception as exc:
+                backoff = min(backoff * 2, 30.0)
+                log.warning(
+                    "waiting for Kafka at %s (%s); retrying in %.1fs",
+                    s.kafka_bootstrap_servers,
+                    exc or type(exc).__name__,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
         log.info(
             "worker starting: kafka=%s redis=%s group=%s topics=%s",
             s.kafka_bootstrap_servers,
@@ -503,11 +565,18 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         )
         tasks.append(asyncio.create_task(worker.run_sweeper()))
         tasks.append(asyncio.create_task(worker.run_gauges(s.sweep_interval_seconds)))
+        tasks.append(asyncio.create_task(worker.watch_broker()))
 
     @app.on_shutdown
     async def _stop() -> None:
         # Before the broker closes: what is queued for Kafka still has a producer to go out on.
         worker.stopping.set()
+        # The batch in flight finishes and commits (or, if it is waiting out a fault, gives up
+        # and is redelivered), and no new one starts; then its summaries can be flushed.
+        try:
+            await subscriber.stop()
+        except Exception as exc:
+            log.warning("consumer did not stop cleanly: %s", exc)
         try:
             await worker.outbox.flush(timeout_s=10.0)
             await worker.stream_outbox.flush(timeout_s=5.0)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,30 +221,46 @@ def produce(bootstrap: str, topics: Topics, items: Iterable[Item]) -> Offsets:
     Returns the next offset after the last delivered message of each partition, from the
     delivery reports: tansu's ListOffsets under-reports partitions written in batches.
     """
+    ends: Offsets = {}
+    for topic, partition, offset in produce_records(
+        bootstrap, topics, [(i.topic, i.key, i.value) for i in items]
+    ):
+        ends[(topic, partition)] = max(ends.get((topic, partition), 0), offset + 1)
+    return ends
+
+
+Record = tuple[str, bytes | None, bytes | None]  # (contract topic, key, value)
+
+
+def produce_records(bootstrap: str, topics: Topics, records: Sequence[Record]) -> list[tuple[str, int, int]]:
+    """Produce in order, as `produce` does; (topic, partition, offset) of each record, from the delivery
+    reports. A value may be None (a record without a value)."""
     producer = Producer(
         {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5, "acks": "all"}
     )
-    ends: Offsets = {}
+    where: list[tuple[str, int, int] | None] = [None] * len(records)
     errors: list[str] = []
 
-    def delivered(err: Any, msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-            return
-        tp = (msg.topic(), msg.partition())
-        ends[tp] = max(ends.get(tp, 0), msg.offset() + 1)
+    def delivered(n: int) -> Callable[[Any, Any], None]:
+        def report(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+            else:
+                where[n] = (msg.topic(), msg.partition(), msg.offset())
 
-    for it in items:
+        return report
+
+    for n, (topic, key, value) in enumerate(records):
         while True:
             try:
-                producer.produce(topics.name(it.topic), value=it.value, key=it.key, on_delivery=delivered)
+                producer.produce(topics.name(topic), value=value, key=key, on_delivery=delivered(n))
                 break
             except BufferError:
                 producer.poll(0.1)
         producer.poll(0)
     left = producer.flush(30)
     assert left == 0 and not errors, f"{left} messages not delivered; errors: {errors[:3]}"
-    return ends
+    return [w for w in where if w is not None]
 
 
 def consume_all(

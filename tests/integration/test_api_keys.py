@@ -17,14 +17,16 @@ from service.runtime import build_runtime
 from service.store import Store
 
 pytestmark = pytest.mark.integration
-KEYS = '{"key-a": "org-a", "key-all": "*"}'
+# Organizations of this test only: other tests' sessions in the same Redis never match them.
+ORG_A, ORG_B = "org-keys-a", "org-keys-b"
+KEYS = orjson.dumps({"key-a": ORG_A, "key-all": "*"}).decode()
 
 
 @pytest.fixture
 async def secured(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[httpx.AsyncClient]:
     store = Store(redis_client, retention_ms=60_000)
     await store.load_scripts()
-    for sid, org in (("auth-a", "org-a"), ("auth-b", "org-b")):
+    for sid, org in (("auth-a", ORG_A), ("auth-b", ORG_B)):
         meta = orjson.dumps({"organization_id": org, "type": "meeting", "meeting_display_name": sid}).decode()
         msg = SessionMessage(sid, "LIVE", 1_000, 1_000, None, meta, hashlib.sha1(sid.encode()).hexdigest())
         results = await store.apply({sid: [msg]})
@@ -50,7 +52,7 @@ async def test_keys_are_required_and_scope_by_organization(secured: httpx.AsyncC
     assert (await secured.get("/v1/sessions/auth-b/report", headers=a)).status_code == 404
     listed = (await secured.get("/v1/sessions", headers=a)).json()["data"]["sessions"]
     assert [s["id"] for s in listed] == ["auth-a"]
-    listed = (await secured.get("/v1/sessions", params={"organization_id": "org-b"}, headers=a)).json()
+    listed = (await secured.get("/v1/sessions", params={"organization_id": ORG_B}, headers=a)).json()
     assert listed["data"]["sessions"] == []
 
     every = {"Authorization": "Bearer key-all"}
