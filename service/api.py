@@ -411,17 +411,14 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
             "requested_at": iso_ms(_now_ms()),
         }
 
-        async def send() -> None:
-            await rt.connect_broker()
-            await rt.broker.publish(
+        try:
+            await rt.publish(
                 orjson.dumps(request),
                 topic=rt.topics.summary_requests,
                 key=session_id.encode(),
                 headers={"request_id": request_id},
+                timeout_s=10.0,
             )
-
-        try:
-            await asyncio.wait_for(send(), timeout=10.0)
         except Exception as exc:
             log.warning("summary request for a session not queued: %s", type(exc).__name__)
             raise ApiError(503, "unavailable", "the request could not be queued; retry later") from exc

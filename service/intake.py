@@ -140,17 +140,14 @@ class Intake:
     async def _publish(
         self, p: Provider, body: bytes, key: str | None, headers: dict[str, str], delivery_id: str | None
     ) -> None:
-        broker = self.rt.broker
-
-        async def send() -> None:
-            # A webhook may come before the API's readiness task connected the broker.
-            await self.rt.connect_broker()
-            await broker.publish(
-                body, topic=p.topic, key=None if key is None else key.encode(), headers=headers
-            )
-
         try:
-            await asyncio.wait_for(send(), timeout=PUBLISH_TIMEOUT_S)
+            await self.rt.publish(
+                body,
+                topic=p.topic,
+                key=None if key is None else key.encode(),
+                headers=headers,
+                timeout_s=PUBLISH_TIMEOUT_S,
+            )
         except MessageSizeTooLargeError as exc:
             # Permanent, unlike an outage: a 5xx would have the provider retry it forever.
             raise Refused(

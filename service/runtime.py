@@ -119,6 +119,21 @@ class Runtime:
         async with self._connecting:
             await self.broker.connect()
 
+    async def publish(
+        self, body: bytes, *, topic: str, key: bytes | None, headers: dict[str, str], timeout_s: float
+    ) -> None:
+        """Publish from the API process and wait for the broker's ack, at most `timeout_s`.
+
+        Connects first (a request may come before the readiness task connected the broker).
+        Raises TimeoutError past the deadline, or the broker's error.
+        """
+
+        async def send() -> None:
+            await self.connect_broker()
+            await self.broker.publish(body, topic=topic, key=key, headers=headers)
+
+        await asyncio.wait_for(send(), timeout=timeout_s)
+
 
 def build_runtime(settings: Settings | None = None) -> Runtime:
     settings = settings or Settings()

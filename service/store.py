@@ -201,10 +201,7 @@ class Store:
                 pipe.zadd(C.OUTBOX, {sid: r.ver}, gt=True)
                 due.append(sid)
         if len(pipe):
-            try:
-                await pipe.execute()
-            except (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError) as exc:
-                raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
+            await execute(pipe)
         return due
 
     async def idle_candidates(self, before_ms: int, limit: int, offset: int = 0) -> list[str]:
@@ -301,6 +298,15 @@ class Store:
             return None
         by_peer = events_by_peer(raw["events"])
         return view_from_raw(sid, raw, by_peer), raw["session"], by_peer
+
+
+async def execute(pipe: Any) -> list[Any]:
+    """Run a pipeline; Redis being unreachable or loading becomes StoreUnavailable (retriable)."""
+    try:
+        replies: list[Any] = await pipe.execute()
+    except (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError) as exc:
+        raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
+    return replies
 
 
 def _session_raw(

@@ -7,12 +7,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-from redis import exceptions as rexc
 
 from . import constants as C
 from .core.streams import Previous, RecordingUpdate, Snapshot, StreamCommand, StreamEnd, StreamView
-from .errors import StoreUnavailable
-from .store import APPLY_LIVEPEER, Store, zset_members
+from .store import APPLY_LIVEPEER, Store, execute, zset_members
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ class StreamStore:
             pipe.pexpire(C.parent_idle_key(parent), self.store.retention_ms)
         for parent, t in idles:
             pipe.zrangebyscore(C.parent_sessions_key(parent), "-inf", t)
-        replies = await _execute(pipe)
+        replies = await execute(pipe)
         found = replies[2 * len(idles) :]
         return [
             [(m.decode(), t) for m in zset_members(ids)] for ids, (_, t) in zip(found, idles, strict=True)
@@ -119,7 +117,7 @@ class StreamStore:
         pipe = self.redis.pipeline(transaction=False)
         for _, parent, created in sessions:
             pipe.zrangebyscore(C.parent_idle_key(parent), created, "+inf", start=0, num=1, withscores=True)
-        replies = await _execute(pipe)
+        replies = await execute(pipe)
         return [(sid, int(hits[0][1])) for (sid, _, _), hits in zip(sessions, replies, strict=True) if hits]
 
     async def end(self, ends: Sequence[tuple[str, int]]) -> dict[str, StreamApplied]:
@@ -148,7 +146,7 @@ class StreamStore:
                 pipe.zadd(C.OUTBOX_STREAMS, {sid: r.ver}, gt=True)
                 due = True
         if len(pipe):
-            await _execute(pipe)
+            await execute(pipe)
         return due
 
     async def idle_candidates(self, before_ms: int, limit: int, offset: int = 0) -> list[str]:
@@ -163,7 +161,7 @@ class StreamStore:
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:
             pipe.hgetall(C.stream_keys(sid)[0])
-        replies = await _execute(pipe)
+        replies = await execute(pipe)
         return [_view(sid, h) for sid, h in zip(sids, replies, strict=True)]
 
     async def read(self, sid: str) -> tuple[StreamView, dict[bytes, bytes]] | None:
@@ -205,11 +203,3 @@ def _view(sid: str, h: Mapping[bytes, bytes]) -> tuple[StreamView, dict[bytes, b
         },
     )
     return view, dict(h)
-
-
-async def _execute(pipe: Any) -> list[Any]:
-    try:
-        replies: list[Any] = await pipe.execute()
-    except (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError) as exc:
-        raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
-    return replies
