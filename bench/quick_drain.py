@@ -41,6 +41,7 @@ async def main(target: int, extra_env: dict[str, str]) -> None:
         try:
             cpu = CpuWindow({"worker": w.proc.pid, "valkey": redis_server.pid, "tansu": kafka.pid}).start()
             d = await drain_worker(w, redis, ends, ended, timeout_s=600, cpu=cpu)
+            stats = await redis.info("commandstats")
         finally:
             w.proc.stop()
             await w.committed.stop()
@@ -52,7 +53,14 @@ async def main(target: int, extra_env: dict[str, str]) -> None:
         f" {d.rate:,.0f} events/s ({d.rate_with_startup:,.0f} with {d.startup_seconds:.1f}s start-up)"
     )
     print(f"{batches} batches, {d.events / max(batches, 1):,.0f} events per batch on average")
+    print(f"summaries published {d.extra['summaries_published']:,} for {ended:,} ended sessions")
     per_event = ", ".join(f"{k} {v}" for k, v in d.extra["cpu_us_per_event"].items())
+    top = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:12]
+    print("valkey time by command (usec per event: calls per event):")
+    for name, st in top:
+        print(
+            f"  {name.removeprefix('cmdstat_'):<12} {st['usec'] / d.events:6.2f} us  {st['calls'] / d.events:6.2f} calls"
+        )
     print(f"CPU per event after the first commit, µs: {per_event}; peak RSS {d.extra['peak_rss_mib']} MiB")
 
 

@@ -82,22 +82,36 @@ class Applied:
     letters: str  # one per item: A applied, D duplicate, L late (after the end), I idle-ended, N no-op
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """apply_rtk.lua calls for a batch: the sessions, and each one's keys and arguments."""
+
+    sids: list[str]
+    calls: Sequence[tuple[Sequence[str], Sequence[str | bytes]]]
+
+
 def _items(commands: Iterable[Command]) -> list[str]:
+    """The script's item arguments (apply_rtk.lua's header lists them)."""
     argv: list[str] = []
     for c in commands:
         if isinstance(c, PeerEvent):
-            argv += ["P", c.event_id, c.peer_id, str(c.encoded), str(c.t_ms), c.raw_json, ""]
+            argv += ("P", c.event_id, c.peer_id, str(c.encoded), c.raw_json)
         elif isinstance(c, SessionMessage):
             started = "" if c.started_ms is None else str(c.started_ms)
             ended = "" if c.ended_ms is None else str(c.ended_ms)
-            argv += ["S", c.digest, c.status, str(c.updated_ms), started, ended, c.meta_json]
+            stamp = f"{c.updated_ms:015d}:{c.digest}"
+            meta = [(k, v) for k, v in orjson.loads(c.meta_json).items() if type(v) is str]
+            argv += ("S", c.digest, c.status, str(c.updated_ms), started, ended, stamp, str(len(meta)))
+            for k, v in meta:
+                argv += (k, v)
         else:
-            argv += ["A", c.slot, c.rank, c.value_json, "", "", ""]
+            assert isinstance(c, Artifact)
+            argv += ("A", c.slot, c.rank, c.value_json)
     return argv
 
 
 def _idle_item(now_ms: int, idle_timeout_ms: int) -> list[str]:
-    return ["I", str(now_ms), str(idle_timeout_ms), "", "", "", ""]
+    return ["I", str(now_ms), str(idle_timeout_ms)]
 
 
 def _applied(reply: Sequence[Any]) -> Applied:
@@ -157,15 +171,23 @@ class Store:
             return replies
         raise StoreUnavailable("Redis keeps forgetting the scripts")
 
+    def prepare(self, batch: Mapping[str, Sequence[Command]]) -> Prepared:
+        """The script calls that apply each session's commands: pure CPU work, which the worker
+        does while Redis still applies the previous batch."""
+        retention = str(self.retention_ms)
+        calls = [
+            (C.session_keys(sid), [retention, str(len(cmds)), *_items(cmds)]) for sid, cmds in batch.items()
+        ]
+        return Prepared(list(batch), calls)
+
+    async def apply_prepared(self, prepared: Prepared) -> dict[str, Applied]:
+        """Run prepared calls, one per session, all in one round trip."""
+        replies = await self._evalsha_many(APPLY, prepared.calls)
+        return {sid: _applied(r) for sid, r in zip(prepared.sids, replies, strict=True)}
+
     async def apply(self, batch: Mapping[str, Sequence[Command]]) -> dict[str, Applied]:
         """Apply each session's commands with one script call, all in one round trip."""
-        sids = list(batch)
-        calls = [
-            (C.session_keys(sid), [str(self.retention_ms), str(len(batch[sid])), *_items(batch[sid])])
-            for sid in sids
-        ]
-        replies = await self._evalsha_many(APPLY, calls)
-        return {sid: _applied(r) for sid, r in zip(sids, replies, strict=True)}
+        return await self.apply_prepared(self.prepare(batch))
 
     async def end_idle(
         self, session_ids: Sequence[str], now_ms: int, idle_timeout_ms: int
@@ -182,24 +204,40 @@ class Store:
         redelivery, so a crash between the two heals itself before the offsets commit.
         """
         due: list[str] = []
-        pipe = self.redis.pipeline(transaction=False)
+        gone: list[str] = []
+        started: dict[str, int] = {}
+        live: dict[str, int] = {}
+        ended: list[str] = []
+        queued: dict[str, int] = {}
         for sid, r in results.items():
             if not r.status:
                 # No such session (expired, or deleted by hand): it leaves every index.
-                pipe.zrem(C.IDX_LIVE, sid)
-                pipe.zrem(C.IDX_SESSIONS, sid)
+                gone.append(sid)
                 continue
             assert r.started_ms is not None and r.last_ms is not None
-            pipe.zadd(C.IDX_SESSIONS, {sid: r.started_ms})
+            started[sid] = r.started_ms
             if r.status == "LIVE":
-                pipe.zadd(C.IDX_LIVE, {sid: r.last_ms}, gt=True)
+                live[sid] = r.last_ms
             else:
-                pipe.zrem(C.IDX_LIVE, sid)
+                ended.append(sid)
             if r.due:
                 # The score is the session's change counter: the outbox removes an entry only
                 # while it is unchanged, so a change made during a drain is never lost.
-                pipe.zadd(C.OUTBOX, {sid: r.ver}, gt=True)
+                queued[sid] = r.ver
                 due.append(sid)
+        # One command per index, whatever the number of sessions (each index is one key).
+        pipe = self.redis.pipeline(transaction=False)
+        if gone:
+            pipe.zrem(C.IDX_LIVE, *gone)
+            pipe.zrem(C.IDX_SESSIONS, *gone)
+        if started:
+            pipe.zadd(C.IDX_SESSIONS, started)
+        if live:
+            pipe.zadd(C.IDX_LIVE, live, gt=True)
+        if ended:
+            pipe.zrem(C.IDX_LIVE, *ended)
+        if queued:
+            pipe.zadd(C.OUTBOX, queued, gt=True)
         if len(pipe):
             await execute(pipe)
         return due

@@ -198,7 +198,7 @@ def decode_peer_event(raw: bytes, key: bytes | None) -> PeerEvent:
     if not session_id:
         raise InvalidMessage("missing_field", "peer event has no 'session_id' and no message key")
     t_ms = iso_field_ms(created, "created_at")
-    if (updated := obj.get("updated_at")) is not None:
+    if (updated := obj.get("updated_at")) is not None and updated != created:
         iso_field_ms(updated, "updated_at")
     return PeerEvent(
         session_id=session_id,

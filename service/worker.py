@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -37,7 +38,7 @@ from .livepeer import decode_livepeer_webhook, decode_snapshot
 from .outbox import Outbox, channels, stream_channels, stream_source
 from .runtime import Runtime, build_runtime, configure_logging
 from .stats import Stats
-from .store import Command
+from .store import Applied, Command, Prepared
 from .stream_store import StreamApplied, StreamStore
 from .webhooks import decode_rtk_webhook
 from .wire import decode_peer_event, decode_peer_report, decode_session
@@ -45,6 +46,10 @@ from .wire import decode_peer_event, decode_peer_report, decode_session
 log = logging.getLogger("service.worker")
 
 Decoded = list[Command] | PeerReport | Snapshot | RecordingUpdate | StreamIdle | None
+
+# A consumer this many records behind is draining a backlog, not keeping up with live traffic
+# (which leaves a few hundred records at most between two fetches).
+BACKLOG_RECORDS = 2000
 
 
 def _now_ms() -> int:
@@ -64,6 +69,8 @@ class Batch:
     idles: list[tuple[ConsumerRecord, StreamIdle]] = field(default_factory=list)
     ignored: list[ConsumerRecord] = field(default_factory=list)  # valid, but no state to change
     bad: list[tuple[ConsumerRecord, InvalidMessage]] = field(default_factory=list)
+    consumed: Counter[str] = field(default_factory=Counter)  # records by topic
+    prepared: Prepared | None = None  # the script calls for by_session, built before Redis is free
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -102,10 +109,10 @@ class Worker:
             description="One TranscriptReady per session whose transcript link became known.",
         )
 
-        # A backlog fills every batch: summaries wait for it (up to 10 s) rather than being
-        # rebuilt for every late fact that reaches an ended session.
+        # While a backlog drains, summaries wait for it (up to 10 s) rather than being rebuilt
+        # for every late fact that reaches an ended session.
         def backlog() -> bool:
-            return self.last_batch_full
+            return self.behind
 
         quiet = rt.settings.outbox_quiet_seconds
         self.outbox = Outbox(
@@ -121,7 +128,9 @@ class Worker:
             quiet_s=quiet,
         )
         self.consumer: Any = None  # the aiokafka consumer, once FastStream has started it
+        self.in_flight: asyncio.Task[None] | None = None  # the batch being applied, if any
         self.last_batch_full = False
+        self.behind = False  # the last batch left a backlog behind it (see submit)
         # Every inbound topic is keyed by session id and has the same partition count.
         self._decoders: dict[str, Callable[[ConsumerRecord], Decoded]] = {
             self.topics.rtk_sessions: lambda r: [decode_session(r.value)],
@@ -152,52 +161,64 @@ class Worker:
                 log.exception("decoder failed on %s[%d]@%d", rec.topic, rec.partition, rec.offset)
                 batch.bad.append((rec, InvalidMessage("decode_error", f"{type(exc).__name__}: {exc}")))
                 continue
-            if isinstance(decoded, PeerReport):
+            if type(decoded) is list:  # RealtimeKit facts: by far the most records
+                if decoded:
+                    sid = decoded[0].session_id
+                    batch.by_session[sid].extend(decoded)
+                    batch.sources[sid].append((rec, len(decoded)))
+                else:
+                    batch.ignored.append(rec)
+            elif isinstance(decoded, PeerReport):
                 batch.reports.append((rec, decoded))
             elif isinstance(decoded, Snapshot | RecordingUpdate):
                 batch.streams[decoded.session_id].append(decoded)
                 batch.stream_sources[decoded.session_id].append(rec)
             elif isinstance(decoded, StreamIdle):
                 batch.idles.append((rec, decoded))
-            elif decoded is None:
+            else:
                 batch.ignored.append(rec)
-            elif decoded:
-                sid = decoded[0].session_id
-                batch.by_session[sid].extend(decoded)
-                batch.sources[sid].append((rec, len(decoded)))
         return batch
 
-    async def process(self, records: Sequence[ConsumerRecord]) -> None:
-        """Apply one batch; returns only when every effect is in Redis (or dead-lettered).
+    async def process(self, records: Sequence[ConsumerRecord], batch: Batch) -> None:
+        """Apply one decoded batch; returns only when every effect is in Redis (or dead-lettered).
 
         Counts go to the worker's stats only when the whole batch succeeded: a batch retried
         after a fault is counted once.
         """
         counted, self.stats = self.stats, Stats()
         try:
-            await self._process(records)
+            await self._process(records, batch)
         except BaseException:
             self.stats = counted
             raise
         counted.merge(self.stats)
         self.stats = counted
 
-    async def _process(self, records: Sequence[ConsumerRecord]) -> None:
-        for rec in records:
-            self.stats.add("consumed", self.topics.strip(rec.topic))
-        batch = self.decode(records)
+    async def _process(self, records: Sequence[ConsumerRecord], batch: Batch) -> None:
+        strip = self.topics.strip
+        for topic, n in batch.consumed.items():
+            self.stats.add("consumed", strip(topic), n)
         store = self.rt.store
-        results = await store.apply(batch.by_session) if batch.by_session else {}
+        results: dict[str, Applied] = {}
+        if batch.by_session:
+            results = await store.apply_prepared(batch.prepared or store.prepare(batch.by_session))
         stored = await store.put_reports([r for _, r in batch.reports])
+        # Per record, by the letters of the facts it carried: a duplicate when every one was
+        # known already, late after the end when one came after it.
+        outcomes: Counter[tuple[str, str]] = Counter()
         for sid, res in results.items():
+            sources, letters = batch.sources[sid], res.letters
+            if len(sources) == len(letters):  # one fact per record: the usual case
+                outcomes.update(zip(letters, (rec.topic for rec, _ in sources), strict=True))
+                continue
             at = 0
-            for rec, n in batch.sources[sid]:
-                letters, at = res.letters[at : at + n], at + n
-                topic = self.topics.strip(rec.topic)
-                # A record is a duplicate when every fact it carries was known already.
-                self.stats.add("duplicate" if set(letters) == {"D"} else "applied", topic)
-                if "L" in letters:
-                    self.stats.add("late_after_end", topic)
+            for rec, n in sources:
+                mine, at = letters[at : at + n], at + n
+                outcomes["D" if set(mine) == {"D"} else "L" if "L" in mine else "A", rec.topic] += 1
+        for (letter, topic), n in outcomes.items():
+            self.stats.add("duplicate" if letter == "D" else "applied", strip(topic), n)
+            if letter == "L":
+                self.stats.add("late_after_end", strip(topic), n)
         for (rec, _), new in zip(batch.reports, stored, strict=True):
             self.stats.add("applied" if new else "duplicate", self.topics.strip(rec.topic))
         await self.process_streams(batch)
@@ -269,50 +290,108 @@ class Worker:
                 },
             )
 
-    async def handle(self, records: Sequence[ConsumerRecord]) -> bool:
+    async def submit(self, records: Sequence[ConsumerRecord]) -> None:
+        """Take one batch from the consumer: decode it, then hand it to Redis and return.
+
+        Decoding is pure CPU work and runs while Redis still applies the previous batch; at
+        most one batch is applied at a time, and each commits its own offsets once applied,
+        in the order the batches came. So the worker and Redis work side by side, and a
+        commit never covers a record that is not in Redis.
+        """
+        async with self.batch_lock:
+            self.last_batch_full = len(records) >= self.rt.settings.batch_max_records
+            self.behind = self.last_batch_full or await self.lag() >= BACKLOG_RECORDS
+            batch = self.decode(records)
+            batch.consumed.update(rec.topic for rec in records)
+            batch.prepared = self.rt.store.prepare(batch.by_session)
+            await self.settled()
+            if self.stopping.is_set():
+                # Not applied: the next owner of these partitions (or this worker after a
+                # restart) reads them again from the last committed offsets.
+                self.rewind(records)
+                return
+            self.in_flight = asyncio.create_task(self.complete(records, batch))
+
+    async def settled(self) -> None:
+        """Wait until the batch in flight, if any, is applied and committed (or given up)."""
+        task = self.in_flight
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        except Exception:
+            # complete() handles what it expects; anything else must not stop the next batch.
+            log.exception("a batch ended with an unexpected error")
+        finally:
+            if task.done():
+                self.in_flight = None
+
+    async def complete(self, records: Sequence[ConsumerRecord], batch: Batch) -> None:
+        """Apply a submitted batch (retrying faults), then commit its offsets."""
+        started = time.perf_counter()
+        if await self.handle(records, batch):
+            await self.commit(records)
+            metrics.BATCH_SIZE.observe(len(records))
+            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        else:
+            self.rewind(records)
+
+    async def handle(self, records: Sequence[ConsumerRecord], batch: Batch) -> bool:
         """Process a batch until it succeeds; False if the worker is stopping first (no commit)."""
         backoff = 0.1
-        async with self.batch_lock:
-            while True:
-                try:
-                    await self.process(records)
-                    return True
-                except (StoreUnavailable, rexc.ConnectionError, rexc.TimeoutError) as exc:
-                    reason = f"Redis unavailable: {exc}"
-                except KafkaError as exc:
-                    reason = f"Kafka unavailable for the dead-letter/outbound topics: {exc!r}"
-                except Exception:
-                    log.exception("batch failed unexpectedly; it will be retried")
-                    reason = "unexpected error"
-                if self.stopping.is_set():
-                    log.warning("stopping with a batch not applied; it will be redelivered")
-                    return False
-                backoff = min(backoff * 2, self.rt.settings.redis_retry_max_seconds)
-                first = records[0] if records else None
-                log.warning(
-                    "batch of %d not applied (%s); retrying in %.1fs",
-                    len(records),
-                    reason,
-                    backoff,
-                    extra={"topic": first.topic, "partition": first.partition, "offset": first.offset}
-                    if first
-                    else {},
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
+        while True:
+            try:
+                await self.process(records, batch)
+                return True
+            except (StoreUnavailable, rexc.ConnectionError, rexc.TimeoutError) as exc:
+                reason = f"Redis unavailable: {exc}"
+            except KafkaError as exc:
+                reason = f"Kafka unavailable for the dead-letter/outbound topics: {exc!r}"
+            except Exception:
+                log.exception("batch failed unexpectedly; it will be retried")
+                reason = "unexpected error"
+            if self.stopping.is_set():
+                log.warning("stopping with a batch not applied; it will be redelivered")
+                return False
+            backoff = min(backoff * 2, self.rt.settings.redis_retry_max_seconds)
+            first = records[0] if records else None
+            log.warning(
+                "batch of %d not applied (%s); retrying in %.1fs",
+                len(records),
+                reason,
+                backoff,
+                extra={"topic": first.topic, "partition": first.partition, "offset": first.offset}
+                if first
+                else {},
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
 
-    async def commit(self, msg: Any) -> None:
+    async def commit(self, records: Sequence[ConsumerRecord]) -> None:
+        """Commit, per partition, the offset after the batch's last record: only this batch's
+        records, never what the consumer has fetched since."""
+        offsets: dict[TopicPartition, int] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            if rec.offset >= offsets.get(tp, -1):
+                offsets[tp] = rec.offset + 1
+        if not offsets:
+            return
         try:
-            await msg.ack()
+            await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # A rebalance took the partitions away; their new owner re-applies idempotently.
             log.warning("offset commit refused after a rebalance: %s", exc)
+        except KafkaError as exc:
+            # The batch is applied: the next batch's commit covers these offsets, or they are
+            # read again and re-applied idempotently.
+            log.warning("offset commit failed: %r", exc)
 
     def rewind(self, records: Sequence[ConsumerRecord]) -> None:
         """Seek every partition of an abandoned batch back to its first record.
 
-        Without this, a later batch's commit would cover the abandoned offsets too: aiokafka
-        commits the consumed position of every partition, not only the later batch's.
+        Without this, a later batch's commit would cover the abandoned offsets too: it commits
+        the offset after its own last record of each partition.
         """
         first: dict[TopicPartition, int] = {}
         for rec in records:
@@ -362,6 +441,8 @@ class Worker:
         s = self.rt.settings
         ended = 0
         async with self.batch_lock:
+            if self.in_flight is not None and not self.in_flight.done():
+                return 0  # a batch is still on its way to Redis
             if not await self.caught_up():
                 return 0
             assignment = set(self.consumer.assignment())
@@ -405,16 +486,27 @@ class Worker:
                 self.stream_outbox.wake.set()
         return ended
 
-    async def refresh_gauges(self) -> None:
-        """Consumer lag per assigned partition, outbox depths and live sessions, for /metrics."""
+    async def lags(self) -> dict[TopicPartition, int]:
+        """Records between this worker's position and the high watermark, per assigned partition
+        (as of the last fetch response; partitions without one yet are left out)."""
         consumer = self.consumer
+        out: dict[TopicPartition, int] = {}
         if consumer is not None:
-            metrics.CONSUMER_LAG.clear()  # partitions no longer ours leave the gauge
             for tp in consumer.assignment():
                 hw = consumer.highwater(tp)
                 if hw is not None:
-                    lag = max(0, hw - await consumer.position(tp))
-                    metrics.CONSUMER_LAG.labels(self.topics.strip(tp.topic), str(tp.partition)).set(lag)
+                    out[tp] = max(0, hw - await consumer.position(tp))
+        return out
+
+    async def lag(self) -> int:
+        return sum((await self.lags()).values())
+
+    async def refresh_gauges(self) -> None:
+        """Consumer lag per assigned partition, outbox depths and live sessions, for /metrics."""
+        if self.consumer is not None:
+            metrics.CONSUMER_LAG.clear()  # partitions no longer ours leave the gauge
+            for tp, lag in (await self.lags()).items():
+                metrics.CONSUMER_LAG.labels(self.topics.strip(tp.topic), str(tp.partition)).set(lag)
         pipe = self.rt.redis.pipeline(transaction=False)
         for key in (C.OUTBOX, C.OUTBOX_STREAMS, C.IDX_LIVE, C.IDX_LIVE_STREAMS):
             pipe.zcard(key)
@@ -505,16 +597,9 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
     @subscriber
     async def on_batch(msg: KafkaMessage) -> None:
         worker.consumer = subscriber.consumer
-        # A batch subscriber's raw message is the tuple of the batch's records.
-        records = cast(Sequence[ConsumerRecord], msg.raw_message)
-        worker.last_batch_full = len(records) >= s.batch_max_records
-        started = time.perf_counter()
-        if await worker.handle(records):
-            await worker.commit(msg)
-            metrics.BATCH_SIZE.observe(len(records))
-            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        else:
-            worker.rewind(records)
+        # A batch subscriber's raw message is the tuple of the batch's records. The handler
+        # returns once the batch is on its way to Redis; the worker commits it when applied.
+        await worker.submit(cast(Sequence[ConsumerRecord], msg.raw_message))
 
     tasks: list[asyncio.Task[None]] = []
     app = FastStream(rt.broker)
@@ -574,6 +659,10 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         # The batch in flight finishes and commits (or, if it is waiting out a fault, gives up
         # and is redelivered), and no new one starts; then its summaries can be flushed.
         try:
+            await worker.settled()
+        except Exception as exc:
+            log.warning("the batch in flight did not finish: %s", exc)
+        try:
             await subscriber.stop()
         except Exception as exc:
             log.warning("consumer did not stop cleanly: %s", exc)
@@ -605,5 +694,11 @@ def _safe_url(url: str) -> str:
 
 def main() -> int:
     app, _ = build_app()
+    # Draining a backlog allocates and drops a few small objects per record; with CPython's
+    # default threshold (700) the collector ran thousands of times a second, often through
+    # the whole heap, for about a quarter of the worker's CPU (docs/performance.md). What
+    # start-up created is frozen out of every scan; young objects are collected less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     asyncio.run(app.run())
     return 0
