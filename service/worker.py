@@ -50,6 +50,8 @@ Decoded = list[Command] | PeerReport | Snapshot | RecordingUpdate | StreamIdle |
 # A consumer this many records behind is draining a backlog, not keeping up with live traffic
 # (which leaves a few hundred records at most between two fetches).
 BACKLOG_RECORDS = 2000
+# Records decoded (and a tenth as many sessions prepared) between two yields to the event loop.
+YIELD_EVERY = 1000
 
 
 def _now_ms() -> int:
@@ -147,9 +149,10 @@ class Worker:
 
     # --- the batch path ----------------------------------------------------------------
 
-    def decode(self, records: Sequence[ConsumerRecord]) -> Batch:
-        """Group valid records' commands by session; collect reports and invalid records."""
-        batch = Batch()
+    def decode(self, records: Sequence[ConsumerRecord], batch: Batch | None = None) -> Batch:
+        """Group valid records' commands by session; collect reports and invalid records
+        (into ``batch``, when given)."""
+        batch = batch or Batch()
         for rec in records:
             try:
                 decoded = self._decoders[rec.topic](rec)
@@ -301,9 +304,21 @@ class Worker:
         async with self.batch_lock:
             self.last_batch_full = len(records) >= self.rt.settings.batch_max_records
             self.behind = self.last_batch_full or await self.lag() >= BACKLOG_RECORDS
-            batch = self.decode(records)
+            batch = Batch()
+            # In slices, yielding in between: the event loop runs nothing else while Python
+            # decodes, and the batch in flight needs it to write its calls to Redis and read
+            # the replies. One pass over 20,000 records would leave Redis idle meanwhile.
+            for i in range(0, len(records), YIELD_EVERY):
+                self.decode(records[i : i + YIELD_EVERY], batch)
+                await asyncio.sleep(0)
             batch.consumed.update(rec.topic for rec in records)
-            batch.prepared = self.rt.store.prepare(batch.by_session)
+            sids = list(batch.by_session)
+            calls: list[tuple[Sequence[str], Sequence[str | bytes]]] = []
+            for i in range(0, len(sids), YIELD_EVERY // 10):
+                part = {sid: batch.by_session[sid] for sid in sids[i : i + YIELD_EVERY // 10]}
+                calls.extend(self.rt.store.prepare(part).calls)
+                await asyncio.sleep(0)
+            batch.prepared = Prepared(sids, calls)
             await self.settled()
             if self.stopping.is_set():
                 # Not applied: the next owner of these partitions (or this worker after a
