@@ -131,6 +131,7 @@ class Worker:
         )
         self.consumer: Any = None  # the aiokafka consumer, once FastStream has started it
         self.in_flight: asyncio.Task[None] | None = None  # the batch being applied, if any
+        self.committing: asyncio.Task[None] | None = None  # the last offset commit sent, if any
         self.last_batch_full = False
         self.behind = False  # the last batch left a backlog behind it (see submit)
         # Every inbound topic is keyed by session id and has the same partition count.
@@ -328,7 +329,8 @@ class Worker:
             self.in_flight = asyncio.create_task(self.complete(records, batch))
 
     async def settled(self) -> None:
-        """Wait until the batch in flight, if any, is applied and committed (or given up)."""
+        """Wait until the batch in flight, if any, is applied (or given up); its commit may
+        still be on its way."""
         task = self.in_flight
         if task is None:
             return
@@ -345,7 +347,7 @@ class Worker:
         """Apply a submitted batch (retrying faults), then commit its offsets."""
         started = time.perf_counter()
         if await self.handle(records, batch):
-            await self.commit(records)
+            self.commit_in_order(records)
             metrics.BATCH_SIZE.observe(len(records))
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         else:
@@ -381,6 +383,25 @@ class Worker:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
+
+    def commit_in_order(self, records: Sequence[ConsumerRecord]) -> None:
+        """Commit an applied batch's offsets after every commit before it, without waiting for
+        the broker's answer: that round trip overlaps the next batch instead of delaying it."""
+        previous = self.committing
+
+        async def after_previous() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            await self.commit(records)
+
+        self.committing = asyncio.create_task(after_previous())
+
+    async def commits_done(self) -> None:
+        """Wait for the commits sent so far."""
+        if self.committing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.committing)
 
     async def commit(self, records: Sequence[ConsumerRecord]) -> None:
         """Commit, per partition, the offset after the batch's last record: only this batch's
@@ -675,6 +696,7 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         # and is redelivered), and no new one starts; then its summaries can be flushed.
         try:
             await worker.settled()
+            await worker.commits_done()
         except Exception as exc:
             log.warning("the batch in flight did not finish: %s", exc)
         try:
