@@ -152,6 +152,7 @@ async def run_latency(
     errors: list[str] = []
     producing = True
     redis = aioredis.Redis.from_url(redis_url)
+    stats_before = await redis.info("commandstats")
     host, _, port = api_url.removeprefix("http://").partition(":")
     client = HttpPool(host, int(port))
 
@@ -255,6 +256,7 @@ async def run_latency(
         for tp, end in d.ends.items():
             ends[tp] = max(ends.get(tp, 0), end)
         lag_at_end = sum(ends.values()) - await committed.committed(ends)
+        redis_time = _command_time(stats_before, await redis.info("commandstats"), n)
         producing = False
         await asyncio.wait([poller, *api_tasks], timeout=settle_s + 5)
         # The worker must have applied all of it, not only the probes.
@@ -290,6 +292,9 @@ async def run_latency(
         "producer_max_stall_ms": round(max_stall * 1000, 1),
         "delivery_errors": d.errors[:3],
         "lag_when_offering_stopped": lag_at_end,
+        # Everything Redis did while the events were offered (the worker's scripts and index
+        # upkeep, the outbox, the API's reads, the bench's probes), per offered event.
+        "redis_us_per_event_by_command": redis_time,
         "all_committed_after_s": None if caught_up_at is None else round(caught_up_at, 2),
         "read_api": {
             **percentiles(api_ms),
@@ -317,3 +322,13 @@ async def run_latency(
             "poll_interval_ms": redis_poll_s * 1000,
         },
     }
+
+
+def _command_time(before: dict[str, Any], after: dict[str, Any], events: int) -> dict[str, float]:
+    """Microseconds Redis spent per offered event in each command between two INFO commandstats."""
+    out: dict[str, float] = {}
+    for key, st in after.items():
+        usec = st["usec"] - before.get(key, {}).get("usec", 0)
+        if usec > 0 and events:
+            out[key.removeprefix("cmdstat_")] = round(usec / events, 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1])[:8])

@@ -185,6 +185,10 @@ def table(r: dict[str, Any]) -> str:
             "  Redis-visible p50 by second (ms): "
             + " ".join(f"{x['p50_ms']:.0f}" for x in lat.get("redis_by_second", []))
         )
+        if by_cmd := lat.get("redis_us_per_event_by_command"):
+            out.append(
+                "  Redis time per offered event (µs): " + ", ".join(f"{k} {v}" for k, v in by_cmd.items())
+            )
         out.append(
             f"target p99 <= {TARGET_P99_MS:g} ms (read API): {'MET' if t['p99_met'] else 'NOT MET'}"
             f" ({_ms(lat['read_api'], 'p99_ms')} ms)"

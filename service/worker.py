@@ -303,30 +303,41 @@ class Worker:
         commit never covers a record that is not in Redis.
         """
         async with self.batch_lock:
-            self.last_batch_full = len(records) >= self.rt.settings.batch_max_records
-            self.behind = self.last_batch_full or await self.lag() >= BACKLOG_RECORDS
-            batch = Batch()
-            # In slices, yielding in between: the event loop runs nothing else while Python
-            # decodes, and the batch in flight needs it to write its calls to Redis and read
-            # the replies. One pass over 20,000 records would leave Redis idle meanwhile.
-            for i in range(0, len(records), YIELD_EVERY):
-                self.decode(records[i : i + YIELD_EVERY], batch)
-                await asyncio.sleep(0)
-            batch.consumed.update(rec.topic for rec in records)
-            sids = list(batch.by_session)
-            calls: list[tuple[Sequence[str], Sequence[str | bytes]]] = []
-            for i in range(0, len(sids), YIELD_EVERY // 10):
-                part = {sid: batch.by_session[sid] for sid in sids[i : i + YIELD_EVERY // 10]}
-                calls.extend(self.rt.store.prepare(part).calls)
-                await asyncio.sleep(0)
-            batch.prepared = Prepared(sids, calls)
-            await self.settled()
-            if self.stopping.is_set():
-                # Not applied: the next owner of these partitions (or this worker after a
-                # restart) reads them again from the last committed offsets.
+            try:
+                await self._submit(records)
+            except Exception:
+                # A bug, not bad input (decode() catches that per record): this batch must not
+                # be skipped, or the next batch's commit would cover it. Read it again.
+                log.exception("batch of %d could not be submitted; it will be read again", len(records))
                 self.rewind(records)
-                return
-            self.in_flight = asyncio.create_task(self.complete(records, batch))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), timeout=1.0)
+
+    async def _submit(self, records: Sequence[ConsumerRecord]) -> None:
+        self.last_batch_full = len(records) >= self.rt.settings.batch_max_records
+        self.behind = self.last_batch_full or await self.lag() >= BACKLOG_RECORDS
+        batch = Batch()
+        # In slices, yielding in between: the event loop runs nothing else while Python
+        # decodes, and the batch in flight needs it to write its calls to Redis and read
+        # the replies. One pass over 20,000 records would leave Redis idle meanwhile.
+        for i in range(0, len(records), YIELD_EVERY):
+            self.decode(records[i : i + YIELD_EVERY], batch)
+            await asyncio.sleep(0)
+        batch.consumed.update(rec.topic for rec in records)
+        sids = list(batch.by_session)
+        calls: list[tuple[Sequence[str], Sequence[str | bytes]]] = []
+        for i in range(0, len(sids), YIELD_EVERY // 10):
+            part = {sid: batch.by_session[sid] for sid in sids[i : i + YIELD_EVERY // 10]}
+            calls.extend(self.rt.store.prepare(part).calls)
+            await asyncio.sleep(0)
+        batch.prepared = Prepared(sids, calls)
+        await self.settled()
+        if self.stopping.is_set():
+            # Not applied: the next owner of these partitions (or this worker after a
+            # restart) reads them again from the last committed offsets.
+            self.rewind(records)
+            return
+        self.in_flight = asyncio.create_task(self.complete(records, batch))
 
     async def settled(self) -> None:
         """Wait until the batch in flight, if any, is applied (or given up); its commit may

@@ -89,26 +89,21 @@ end
 
 -- 1. Read what the items need: the session's fields, which ids are known, the stored copies
 --    of the facts and the peers' event lists.
-local S_FIELDS = { 'status', 'xend_u', 'xend_ms', 'idle_end_ms', 'last_ms', 'first_ms', 'open_count',
-                   'first_msg_ms', 'summary_due', 'transcript_due', 'ver', 'type', 'late_events' }
-local n_fixed = #S_FIELDS
-for _, f in ipairs(META_FIELDS) do S_FIELDS[#S_FIELDS + 1] = 'm:' .. f end
-for _, f in ipairs(META_FIELDS) do S_FIELDS[#S_FIELDS + 1] = f end
-local st = redis.call('HMGET', K_S, unpack(S_FIELDS))
+local st = redis.call('HMGET', K_S, 'status', 'xend_u', 'xend_ms', 'idle_end_ms', 'last_ms', 'first_ms',
+                      'open_count', 'first_msg_ms', 'summary_due', 'transcript_due', 'ver', 'type',
+                      'late_events', 'closed_ms', 'open_start_sum', 'meta_started_ms')
 local existed = st[1] ~= false
 local xend_u, xend_ms, idle_end_ms = num(st[2]), num(st[3]), num(st[4])
 local last_ms, first_ms, open_count = num(st[5]), num(st[6]), num(st[7]) or 0
 local first_msg_ms = num(st[8])
 local summary_due, transcript_due, ver, has_type = st[9] == '1', st[10] == '1', num(st[11]) or 0, st[12] ~= false
 local late_events = num(st[13]) or 0
-local stamps, meta_now = {}, {}
-for i, f in ipairs(META_FIELDS) do
-  stamps[f] = st[n_fixed + i] or nil
-  meta_now[f] = st[n_fixed + #META_FIELDS + i] or nil
-end
+local closed_ms, open_start_sum = num(st[14]), num(st[15])
+local stamps, meta_now = {}, { meta_started_ms = st[16] or nil }
 local old_end = xend_ms or idle_end_ms
 
 local ids, fkeys, peers, seen_peer = {}, {}, {}, {}
+local has_messages = false
 do
   local b = 3
   for _ = 1, n do
@@ -120,8 +115,19 @@ do
       if not seen_peer[peer] then seen_peer[peer] = true; peers[#peers + 1] = peer end
     elseif kind == 'S' then
       ids[#ids + 1] = 'S:' .. ARGV[b + 1]
+      has_messages = true
     end
     b = b + width(b)
+  end
+end
+if has_messages then
+  -- Each descriptive field's value and stamp: only session messages need them.
+  local fields = {}
+  for _, f in ipairs(META_FIELDS) do fields[#fields + 1] = f; fields[#fields + 1] = 'm:' .. f end
+  local r = redis.call('HMGET', K_S, unpack(fields))
+  for i, f in ipairs(META_FIELDS) do
+    meta_now[f] = r[2 * i - 1] or nil
+    stamps[f] = r[2 * i] or nil
   end
 end
 local known, stored, pev = {}, {}, {}
@@ -298,26 +304,40 @@ local function derive(nums)
   return applied, table.concat(out, ',')
 end
 
-local any_touched = false
+-- Only intervals that changed are written; the totals are swept again only then.
+local any_touched, any_changed = false, false
 do
-  local piv_out, gone = {}, {}
-  for peer in pairs(touched) do
+  local peers_t = {}
+  for peer in pairs(touched) do peers_t[#peers_t + 1] = peer end
+  if #peers_t > 0 then
     any_touched = true
-    local nums = nums_of[peer]
-    if nums == nil then
-      local list = pev[peer]
-      if list == nil then list = redis.call('HGET', K_PEV, peer) or '' end
-      nums = numbers(list)
+    local old = call_many('HMGET', K_PIV, peers_t)
+    local piv_out, gone = {}, {}
+    for i, peer in ipairs(peers_t) do
+      local nums = nums_of[peer]
+      if nums == nil then
+        local list = pev[peer]
+        if list == nil then list = redis.call('HGET', K_PEV, peer) or '' end
+        nums = numbers(list)
+      end
+      local applied, iv = derive(nums)
+      if applied then
+        if old[i] ~= iv then piv_out[peer] = iv; any_changed = true end
+      elseif old[i] then
+        gone[#gone + 1] = peer
+        any_changed = true
+      end
     end
-    local applied, iv = derive(nums)
-    if applied then piv_out[peer] = iv else gone[#gone + 1] = peer end
+    hset_table(K_PIV, piv_out)
+    if #gone > 0 then call_many('HDEL', K_PIV, gone) end
   end
-  hset_table(K_PIV, piv_out)
-  if #gone > 0 then call_many('HDEL', K_PIV, gone) end
 end
 
 local as_of = ended_ms or last_ms
-if any_touched then
+if any_touched and not any_changed and closed_ms ~= nil then
+  -- The intervals are as they were: only the time the live minutes are counted to moved.
+  s_out['minutes_consumed'] = tostring((closed_ms + open_count * as_of - open_start_sum) / 60000)
+elseif any_touched then
   -- Peak by event time over half-open intervals: at equal times leaves (even) sort before joins (odd).
   local pts, closed, open_sum = {}, 0, 0
   open_count = 0
