@@ -159,6 +159,26 @@ async def test_sigkill_after_redis_write_before_commit_changes_nothing(
         assert w.stop() == 0
 
 
+async def test_a_batch_the_worker_fails_on_is_read_again_not_skipped(
+    kafka_bootstrap: str, redis_url: str, topics: Topics, redis_client: aioredis.Redis, api: httpx.AsyncClient
+) -> None:
+    # Batches commit their own offsets: one that failed and was dropped would be covered by
+    # the next batch's commit and lost. The worker must read it again instead.
+    log = make_log(random.Random(29), sessions=15, with_bad=False)
+    expected = reference(log)
+    env = worker_env(kafka_bootstrap, redis_url, topics)
+    produced = produce(kafka_bootstrap, topics, log.items)
+    w = WorkerProcess(env, script=str(HERE / "flaky_prepare.py"))
+    try:
+        await wait_for(
+            lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "the drain"
+        )
+        assert w.log_text().count("could not be submitted; it will be read again") == 2
+        await assert_state_matches(api, expected)
+    finally:
+        assert w.stop() == 0
+
+
 async def test_replay_changes_nothing_and_rebuilds_empty_redis(
     kafka_bootstrap: str, redis_url: str, topics: Topics, redis_client: aioredis.Redis, api: httpx.AsyncClient
 ) -> None:
