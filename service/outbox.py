@@ -148,18 +148,26 @@ class Outbox:
         self.quiet_s = quiet_s
         self._settling: dict[str, tuple[int, float]] = {}  # session -> (counter, first seen)
         self.wake = asyncio.Event()
+        # Seconds until the first session still settling may be taken (None: none settling).
+        self.settles_in: float | None = None
 
     def _settled(self, due: list[tuple[str, int]], quiet_s: float) -> list[tuple[str, int]]:
         if quiet_s <= 0:
             return due
         now = time.monotonic()
         ready = []
+        self.settles_in = None
         for sid, queued_at in due:
             seen = self._settling.get(sid)
             if seen is None or seen[0] != queued_at:
                 self._settling[sid] = (queued_at, now)
+                wait = quiet_s
             elif now - seen[1] >= quiet_s:
                 ready.append((sid, queued_at))
+                continue
+            else:
+                wait = quiet_s - (now - seen[1])
+            self.settles_in = wait if self.settles_in is None else min(self.settles_in, wait)
         if len(self._settling) > 10 * self.chunk:  # sessions drained by another worker
             self._settling = {sid: v for sid, v in self._settling.items() if now - v[1] < 60}
         return ready
@@ -273,6 +281,13 @@ class Outbox:
                     log.debug("published %d messages", n)
                 if self.more:
                     await asyncio.sleep(0)  # let a batch in, then the next chunk
+                    continue
+                if not n and self.settles_in is not None:
+                    # Sessions still settling, nothing ready: a wake (a batch made sessions
+                    # due) cannot make one ready sooner than this, and a pass per batch would
+                    # read the whole settling window again each time.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), timeout=min(self.settles_in, interval_s))
                     continue
             except (StoreUnavailable, rexc.ConnectionError, rexc.TimeoutError, KafkaError, OSError) as exc:
                 backoff = min(backoff * 2, 30.0)
