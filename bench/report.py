@@ -269,10 +269,15 @@ def markdown(r: dict[str, Any], results_file: str) -> str:
             f" Peak RSS (VmHWM) {w.get('peak_rss_mib')} MiB."
             f" CPU seconds over the drain: {_cpu(w.get('cpu_seconds'))}."
         )
+        published, distinct = w.get("summaries_published", 0), w.get("summaries_distinct", 0)
+        why = (
+            ": a session that late events change after its summary went out gets a new revision."
+            if published > distinct
+            else ": one each (the outbox waits while a backlog drains and until a session settles)."
+        )
         lines.append(
-            f"- The worker published {w.get('summaries_published', 0):,} summary messages (revisions"
-            f" included) for the {w.get('summaries_distinct', 0):,} ended sessions: each batch that adds"
-            " late events to an ended session makes the outbox rebuild and re-issue its summary."
+            f"- The worker published {published:,} summary messages (revisions included) for the"
+            f" {distinct:,} ended sessions{why}"
         )
         lines.append(
             "- CPU time per event over the drain, which other load on the machine disturbs less than"
