@@ -171,14 +171,14 @@ class Store:
             return replies
         raise StoreUnavailable("Redis keeps forgetting the scripts")
 
+    def apply_call(self, sid: str, cmds: Sequence[Command]) -> tuple[list[str], list[str]]:
+        """The keys and arguments of the apply_rtk.lua call for one session's commands."""
+        return C.session_keys(sid), [str(self.retention_ms), str(len(cmds)), *_items(cmds)]
+
     def prepare(self, batch: Mapping[str, Sequence[Command]]) -> Prepared:
         """The script calls that apply each session's commands: pure CPU work, which the worker
         does while Redis still applies the previous batch."""
-        retention = str(self.retention_ms)
-        calls = [
-            (C.session_keys(sid), [retention, str(len(cmds)), *_items(cmds)]) for sid, cmds in batch.items()
-        ]
-        return Prepared(list(batch), calls)
+        return Prepared(list(batch), [self.apply_call(sid, cmds) for sid, cmds in batch.items()])
 
     async def apply_prepared(self, prepared: Prepared) -> dict[str, Applied]:
         """Run prepared calls, one per session, all in one round trip."""

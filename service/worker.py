@@ -324,13 +324,13 @@ class Worker:
             self.decode(records[i : i + YIELD_EVERY], batch)
             await asyncio.sleep(0)
         batch.consumed.update(rec.topic for rec in records)
-        sids = list(batch.by_session)
+        store = self.rt.store
         calls: list[tuple[Sequence[str], Sequence[str | bytes]]] = []
-        for i in range(0, len(sids), YIELD_EVERY // 10):
-            part = {sid: batch.by_session[sid] for sid in sids[i : i + YIELD_EVERY // 10]}
-            calls.extend(self.rt.store.prepare(part).calls)
-            await asyncio.sleep(0)
-        batch.prepared = Prepared(sids, calls)
+        for n, (sid, cmds) in enumerate(batch.by_session.items(), 1):
+            calls.append(store.apply_call(sid, cmds))
+            if n % (YIELD_EVERY // 10) == 0:
+                await asyncio.sleep(0)
+        batch.prepared = Prepared(list(batch.by_session), calls)
         await self.settled()
         if self.stopping.is_set():
             # Not applied: the next owner of these partitions (or this worker after a
