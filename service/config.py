@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     kafka_client_id: str = "sessionpulse"
     batch_max_records: int = Field(default=20_000, ge=1)
     batch_timeout_ms: int = Field(default=10, ge=0)
+    # Batches fetched while Redis applies an earlier one merge into one, up to this many records.
+    batch_merge_max_records: int = Field(default=60_000, ge=1)
     # Short: a broker that holds a fetch for its whole wait (tansu does) adds it to the latency.
     kafka_fetch_max_wait_ms: int = Field(default=50, ge=0)
     kafka_max_partition_fetch_bytes: int = Field(default=8 * 1_048_576, ge=1024)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -23,6 +24,8 @@ from .metrics import REDIS_SCRIPT_SECONDS
 log = logging.getLogger(__name__)
 
 Command = PeerEvent | SessionMessage | Artifact
+# Facts per pipeline of apply_rtk.lua calls (Store.apply).
+APPLY_CHUNK_COMMANDS = 4000
 Channel = str  # an outbound message kind with its own revisions: "summary" or "transcript"
 StateKey = Callable[[str], str]
 
@@ -80,14 +83,6 @@ class Applied:
     due: bool
     ver: int  # the session's change counter: the outbox entry's score
     letters: str  # one per item: A applied, D duplicate, L late (after the end), I idle-ended, N no-op
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """apply_rtk.lua calls for a batch: the sessions, and each one's keys and arguments."""
-
-    sids: list[str]
-    calls: Sequence[tuple[Sequence[str], Sequence[str | bytes]]]
 
 
 def _items(commands: Iterable[Command]) -> list[str]:
@@ -171,23 +166,45 @@ class Store:
             return replies
         raise StoreUnavailable("Redis keeps forgetting the scripts")
 
-    def apply_call(self, sid: str, cmds: Sequence[Command]) -> tuple[list[str], list[str]]:
+    def apply_call(self, sid: str, cmds: Sequence[Command]) -> tuple[list[str], list[str | bytes]]:
         """The keys and arguments of the apply_rtk.lua call for one session's commands."""
         return C.session_keys(sid), [str(self.retention_ms), str(len(cmds)), *_items(cmds)]
 
-    def prepare(self, batch: Mapping[str, Sequence[Command]]) -> Prepared:
-        """The script calls that apply each session's commands: pure CPU work, which the worker
-        does while Redis still applies the previous batch."""
-        return Prepared(list(batch), [self.apply_call(sid, cmds) for sid, cmds in batch.items()])
-
-    async def apply_prepared(self, prepared: Prepared) -> dict[str, Applied]:
-        """Run prepared calls, one per session, all in one round trip."""
-        replies = await self._evalsha_many(APPLY, prepared.calls)
-        return {sid: _applied(r) for sid, r in zip(prepared.sids, replies, strict=True)}
-
     async def apply(self, batch: Mapping[str, Sequence[Command]]) -> dict[str, Applied]:
-        """Apply each session's commands with one script call, all in one round trip."""
-        return await self.apply_prepared(self.prepare(batch))
+        """Apply each session's commands with one script call.
+
+        The calls go out in pipelines of about APPLY_CHUNK_COMMANDS commands, each on its own
+        connection and all at once: Redis starts on the first while the worker still builds
+        and encodes the next, and each pipeline's replies are read as they come. The sessions
+        are distinct, so the order in which Redis runs the pipelines does not matter.
+        """
+        parts: list[list[str]] = [[]]
+        size = 0
+        for sid, cmds in batch.items():
+            if size >= APPLY_CHUNK_COMMANDS:
+                parts.append([])
+                size = 0
+            parts[-1].append(sid)
+            size += len(cmds)
+
+        async def run(sids: list[str]) -> list[Any]:
+            return await self._evalsha_many(APPLY, [self.apply_call(sid, batch[sid]) for sid in sids])
+
+        if len(parts) == 1:
+            replies = [await run(parts[0])]
+        else:
+            # Every pipeline runs to its end before a failure is raised: none is left running
+            # while the caller retries the batch.
+            outcomes = await asyncio.gather(*(run(p) for p in parts), return_exceptions=True)
+            for o in outcomes:
+                if isinstance(o, BaseException):
+                    raise o
+            replies = cast(list[list[Any]], outcomes)
+        return {
+            sid: _applied(r)
+            for sids, rs in zip(parts, replies, strict=True)
+            for sid, r in zip(sids, rs, strict=True)
+        }
 
     async def end_idle(
         self, session_ids: Sequence[str], now_ms: int, idle_timeout_ms: int

@@ -109,10 +109,6 @@ def _invalid(exc: ValidationError) -> InvalidMessage:
 _MIN_MS, _MAX_MS = 0, 253_402_300_799_999  # 1970-01-01T00:00:00.000Z .. 9999-12-31T23:59:59.999Z
 
 
-def _ms(obj: BaseModel, field: str) -> int:
-    return iso_field_ms(getattr(obj, field), field)
-
-
 def iso_field_ms(value: str, field: str) -> int:
     """An ISO-8601 field as epoch ms within 1970..9999, or the dead-letter reason."""
     try:
@@ -132,27 +128,68 @@ def canonical_json(obj: Any, option: int = orjson.OPT_SORT_KEYS) -> str:
         raise InvalidMessage("invalid_field", f"a value cannot be stored: {exc}") from exc
 
 
+# RtkSessionIn's required fields by type, for the hand check of the hot path.
+_SESSION_STR = (
+    "associated_id",
+    "created_at",
+    "meeting_display_name",
+    "organization_id",
+    "started_at",
+    "updated_at",
+)
+_SESSION_NUM = ("live_participants", "max_concurrent_participants", "minutes_consumed")
+_SESSION_STATUS = ("LIVE", "ENDED")
+_SESSION_TYPE = ("meeting", "livestream", "participant")
+
+
+def _plain_session(obj: dict[str, Any]) -> bool:
+    """Whether RtkSessionIn accepts the object as it is, checked by hand: the hot path. False
+    sends it through the model, which says what is wrong (or accepts it after all)."""
+    sid = obj.get("id")
+    if type(sid) is not str or not sid:
+        return False
+    for f in _SESSION_STR:
+        if type(obj.get(f)) is not str:
+            return False
+    for f in _SESSION_NUM:
+        t = type(obj.get(f))
+        if t is not int and t is not float:
+            return False
+    status, kind = obj.get("status"), obj.get("type")
+    if type(status) is not str or status not in _SESSION_STATUS:
+        return False
+    if type(kind) is not str or kind not in _SESSION_TYPE:
+        return False
+    ended, rooms = obj.get("ended_at"), obj.get("breakout_rooms")
+    return (ended is None or type(ended) is str) and (rooms is None or type(rooms) is list)
+
+
 def decode_session(raw: bytes) -> SessionMessage:
-    msg: RtkSessionIn = _validate(RtkSessionIn, load_object(raw))
-    updated, started = _ms(msg, "updated_at"), _ms(msg, "started_at")
-    _ms(msg, "created_at")
+    obj = load_object(raw)
+    if not _plain_session(obj):
+        # Strict validation without coercion: what it accepts, it accepts as it is.
+        _validate(RtkSessionIn, obj)
+    updated = iso_field_ms(obj["updated_at"], "updated_at")
+    started = iso_field_ms(obj["started_at"], "started_at")
+    iso_field_ms(obj["created_at"], "created_at")
     ended: int | None = None
-    if msg.ended_at is not None:
-        ended = _ms(msg, "ended_at")
-    if msg.status == "ENDED" and ended is None:
+    if obj.get("ended_at") is not None:
+        ended = iso_field_ms(obj["ended_at"], "ended_at")
+    status = obj["status"]
+    if status == "ENDED" and ended is None:
         raise InvalidMessage("missing_field", "a session with status ENDED needs 'ended_at'")
     meta = {
-        "associated_id": msg.associated_id,
-        "meeting_display_name": msg.meeting_display_name,
-        "organization_id": msg.organization_id,
-        "type": msg.type,
-        "created_at": msg.created_at,
+        "associated_id": obj["associated_id"],
+        "meeting_display_name": obj["meeting_display_name"],
+        "organization_id": obj["organization_id"],
+        "type": obj["type"],
+        "created_at": obj["created_at"],
     }
-    if msg.breakout_rooms is not None:
-        meta["breakout_rooms"] = canonical_json(msg.breakout_rooms)
+    if obj.get("breakout_rooms") is not None:
+        meta["breakout_rooms"] = canonical_json(obj["breakout_rooms"])
     return SessionMessage(
-        session_id=msg.id,
-        status=msg.status,
+        session_id=obj["id"],
+        status=status,
         updated_ms=updated,
         started_ms=started,
         ended_ms=ended,
@@ -162,7 +199,7 @@ def decode_session(raw: bytes) -> SessionMessage:
 
 
 # RtkPeerEventIn's optional fields, all strings but `minutes_consumed`.
-_PEER_OPTIONAL_STR = tuple(
+_PEER_OPTIONAL_STR = frozenset(
     name
     for name, f in RtkPeerEventIn.model_fields.items()
     if not f.is_required() and name != "minutes_consumed"
@@ -177,13 +214,13 @@ def _plain_peer_event(obj: dict[str, Any]) -> tuple[str, str, str, str] | None:
         return None
     if type(name) is not str or name not in CODE_BY_EVENT_NAME:
         return None
-    for f in _PEER_OPTIONAL_STR:
-        v = obj.get(f)
-        if v is not None and type(v) is not str:
-            return None
     minutes = obj.get("minutes_consumed")
     if minutes is not None and type(minutes) is not int and type(minutes) is not float:
         return None
+    # One pass over the members (almost all strings), not one look-up per optional field.
+    for k, v in obj.items():
+        if type(v) is not str and v is not None and k in _PEER_OPTIONAL_STR:
+            return None
     return eid, created, name, peer
 
 

@@ -17,7 +17,7 @@ import gc
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -38,7 +38,7 @@ from .livepeer import decode_livepeer_webhook, decode_snapshot
 from .outbox import Outbox, channels, stream_channels, stream_source
 from .runtime import Runtime, build_runtime, configure_logging
 from .stats import Stats
-from .store import Applied, Command, Prepared
+from .store import Applied, Command
 from .stream_store import StreamApplied, StreamStore
 from .webhooks import decode_rtk_webhook
 from .wire import decode_peer_event, decode_peer_report, decode_session
@@ -50,7 +50,7 @@ Decoded = list[Command] | PeerReport | Snapshot | RecordingUpdate | StreamIdle |
 # A consumer this many records behind is draining a backlog, not keeping up with live traffic
 # (which leaves a few hundred records at most between two fetches).
 BACKLOG_RECORDS = 2000
-# Records decoded (and a tenth as many sessions prepared) between two yields to the event loop.
+# Records decoded between two yields to the event loop.
 YIELD_EVERY = 1000
 
 
@@ -60,9 +60,11 @@ def _now_ms() -> int:
 
 @dataclass
 class Batch:
-    """One batch, decoded: commands by session (with the records they came from and how many
-    commands each gave), peer reports, and invalid records with their reason."""
+    """Records decoded: commands by session (with the records they came from and how many
+    commands each gave), peer reports, and invalid records with their reason. Several fetched
+    batches can merge into one before it goes to Redis (see Worker.submit)."""
 
+    records: list[ConsumerRecord] = field(default_factory=list)
     by_session: dict[str, list[Command]] = field(default_factory=lambda: defaultdict(list))
     sources: dict[str, list[tuple[ConsumerRecord, int]]] = field(default_factory=lambda: defaultdict(list))
     reports: list[tuple[ConsumerRecord, PeerReport]] = field(default_factory=list)
@@ -72,7 +74,23 @@ class Batch:
     ignored: list[ConsumerRecord] = field(default_factory=list)  # valid, but no state to change
     bad: list[tuple[ConsumerRecord, InvalidMessage]] = field(default_factory=list)
     consumed: Counter[str] = field(default_factory=Counter)  # records by topic
-    prepared: Prepared | None = None  # the script calls for by_session, built before Redis is free
+
+    def merge(self, later: Batch) -> None:
+        """Append a later batch: each session's commands stay in record order."""
+        self.records += later.records
+        for sid, cmds in later.by_session.items():
+            self.by_session[sid] += cmds
+        for sid, src in later.sources.items():
+            self.sources[sid] += src
+        self.reports += later.reports
+        for sid, scmds in later.streams.items():
+            self.streams[sid] += scmds
+        for sid, recs in later.stream_sources.items():
+            self.stream_sources[sid] += recs
+        self.idles += later.idles
+        self.ignored += later.ignored
+        self.bad += later.bad
+        self.consumed.update(later.consumed)
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -84,6 +102,17 @@ def partition_for(key: bytes, partitions: int) -> int:
 async def _no_decode(msg: Any) -> None:
     """The handler reads raw records itself, so FastStream's JSON decoding is skipped."""
     return None
+
+
+async def _parse_first_only(
+    records: tuple[ConsumerRecord, ...], original: Callable[[tuple[ConsumerRecord, ...]], Awaitable[Any]]
+) -> Any:
+    """FastStream's batch parser builds a body entry and a header dict for every record, which
+    the handler never reads (it takes the raw records): only the first record is parsed, for
+    the message's own fields, and the message carries every record."""
+    msg = await original(records[:1])
+    msg.raw_message = records
+    return msg
 
 
 class Worker:
@@ -131,6 +160,8 @@ class Worker:
         )
         self.consumer: Any = None  # the aiokafka consumer, once FastStream has started it
         self.in_flight: asyncio.Task[None] | None = None  # the batch being applied, if any
+        self.pending = Batch()  # decoded records queued behind it, merged into one batch
+        self.generation = 0  # counts rewinds of queued records, so a decode in progress is dropped
         self.committing: asyncio.Task[None] | None = None  # the last offset commit sent, if any
         self.last_batch_full = False
         self.behind = False  # the last batch left a backlog behind it (see submit)
@@ -205,7 +236,7 @@ class Worker:
         store = self.rt.store
         results: dict[str, Applied] = {}
         if batch.by_session:
-            results = await store.apply_prepared(batch.prepared or store.prepare(batch.by_session))
+            results = await store.apply(batch.by_session)
         stored = await store.put_reports([r for _, r in batch.reports])
         # Per record, by the letters of the facts it carried: a duplicate when every one was
         # known already, late after the end when one came after it.
@@ -295,53 +326,71 @@ class Worker:
             )
 
     async def submit(self, records: Sequence[ConsumerRecord]) -> None:
-        """Take one batch from the consumer: decode it, then hand it to Redis and return.
+        """Take one fetched batch from the consumer: decode it and queue it for Redis, then return.
 
-        Decoding is pure CPU work and runs while Redis still applies the previous batch; at
-        most one batch is applied at a time, and each commits its own offsets once applied,
-        in the order the batches came. So the worker and Redis work side by side, and a
-        commit never covers a record that is not in Redis.
+        Decoding is pure CPU work and runs while Redis applies an earlier batch. At most one
+        batch is applied at a time; the batches fetched meanwhile merge into the next one, so
+        while Redis is the slower side (a backlog) it gets large batches, with more facts per
+        session and script call, and while it keeps up (live traffic) each batch goes at once.
+        Each applied batch commits its own offsets, in order, so a commit never covers a record
+        that is not in Redis. The handler waits only while `BATCH_MERGE_MAX_RECORDS` records
+        are queued.
         """
         async with self.batch_lock:
+            generation = self.generation
             try:
-                await self._submit(records)
+                batch = await self._decode_sliced(records)
+                if generation != self.generation:
+                    return  # partitions were rewound meanwhile: these records will be read again
+                self.last_batch_full = len(records) >= self.rt.settings.batch_max_records
+                self.pending.merge(batch)
+                self.behind = self.last_batch_full or await self.lag() >= BACKLOG_RECORDS
+                self._launch()
             except Exception:
                 # A bug, not bad input (decode() catches that per record): this batch must not
-                # be skipped, or the next batch's commit would cover it. Read it again.
+                # be skipped, or the next batch's commit would cover it. Read it again, and the
+                # records queued before it too (they may have been merged with it only in part).
                 log.exception("batch of %d could not be submitted; it will be read again", len(records))
-                self.rewind(records)
+                self.rewind([*self.pending.records, *records])
+                self.pending = Batch()
+                self.generation += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), timeout=1.0)
+                return
+            limit = self.rt.settings.batch_merge_max_records
+            while len(self.pending.records) >= limit and not self.stopping.is_set():
+                await self.settled()
+                self._launch()
 
-    async def _submit(self, records: Sequence[ConsumerRecord]) -> None:
-        self.last_batch_full = len(records) >= self.rt.settings.batch_max_records
-        self.behind = self.last_batch_full or await self.lag() >= BACKLOG_RECORDS
+    async def _decode_sliced(self, records: Sequence[ConsumerRecord]) -> Batch:
+        """decode() in slices, yielding in between: the event loop runs nothing else while
+        Python decodes, and the batch in flight needs it to write its calls to Redis and read
+        the replies. One pass over 20,000 records would leave Redis idle meanwhile."""
         batch = Batch()
-        # In slices, yielding in between: the event loop runs nothing else while Python
-        # decodes, and the batch in flight needs it to write its calls to Redis and read
-        # the replies. One pass over 20,000 records would leave Redis idle meanwhile.
         for i in range(0, len(records), YIELD_EVERY):
             self.decode(records[i : i + YIELD_EVERY], batch)
             await asyncio.sleep(0)
+        batch.records = list(records)
         batch.consumed.update(rec.topic for rec in records)
-        store = self.rt.store
-        calls: list[tuple[Sequence[str], Sequence[str | bytes]]] = []
-        for n, (sid, cmds) in enumerate(batch.by_session.items(), 1):
-            calls.append(store.apply_call(sid, cmds))
-            if n % (YIELD_EVERY // 10) == 0:
-                await asyncio.sleep(0)
-        batch.prepared = Prepared(list(batch.by_session), calls)
-        await self.settled()
+        return batch
+
+    def _launch(self) -> None:
+        """Start applying the queued records, unless a batch is in Redis already (its end
+        launches them) or the worker is stopping (they are read again after the restart)."""
+        if (self.in_flight is not None and not self.in_flight.done()) or not self.pending.records:
+            return
+        batch, self.pending = self.pending, Batch()
         if self.stopping.is_set():
             # Not applied: the next owner of these partitions (or this worker after a
             # restart) reads them again from the last committed offsets.
-            self.rewind(records)
+            self.rewind(batch.records)
             return
-        self.in_flight = asyncio.create_task(self.complete(records, batch))
+        self.in_flight = asyncio.create_task(self.complete(batch.records, batch))
+        self.in_flight.add_done_callback(lambda _: self._launch())
 
     async def settled(self) -> None:
         """Wait until the batch in flight, if any, is applied (or given up); its commit may
-        still be on its way."""
+        still be on its way, and the batch queued behind it may have started."""
         task = self.in_flight
         if task is None:
             return
@@ -350,9 +399,13 @@ class Worker:
         except Exception:
             # complete() handles what it expects; anything else must not stop the next batch.
             log.exception("a batch ended with an unexpected error")
-        finally:
-            if task.done():
-                self.in_flight = None
+
+    async def drained(self) -> None:
+        """Wait until no batch is in flight and none is queued (at shutdown, the queued records
+        are rewound instead of applied)."""
+        while self.in_flight is not None and not self.in_flight.done():
+            await self.settled()
+        self._launch()
 
     async def complete(self, records: Sequence[ConsumerRecord], batch: Batch) -> None:
         """Apply a submitted batch (retrying faults), then commit its offsets."""
@@ -362,7 +415,11 @@ class Worker:
             metrics.BATCH_SIZE.observe(len(records))
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         else:
-            self.rewind(records)
+            # Given up at shutdown: so are the records queued behind it, which a later commit
+            # would otherwise cover.
+            self.rewind([*records, *self.pending.records])
+            self.pending = Batch()
+            self.generation += 1
 
     async def handle(self, records: Sequence[ConsumerRecord], batch: Batch) -> bool:
         """Process a batch until it succeeds; False if the worker is stopping first (no commit)."""
@@ -488,7 +545,7 @@ class Worker:
         s = self.rt.settings
         ended = 0
         async with self.batch_lock:
-            if self.in_flight is not None and not self.in_flight.done():
+            if (self.in_flight is not None and not self.in_flight.done()) or self.pending.records:
                 return 0  # a batch is still on its way to Redis
             if not await self.caught_up():
                 return 0
@@ -633,6 +690,7 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
         ack_policy=AckPolicy.MANUAL,
         decoder=_no_decode,
+        parser=_parse_first_only,
         title="session-facts",
         description=(
             "RealtimeKit sessions, peer events, webhooks and peer reports, and Livepeer session snapshots"
@@ -706,7 +764,7 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         # The batch in flight finishes and commits (or, if it is waiting out a fault, gives up
         # and is redelivered), and no new one starts; then its summaries can be flushed.
         try:
-            await worker.settled()
+            await worker.drained()
             await worker.commits_done()
         except Exception as exc:
             log.warning("the batch in flight did not finish: %s", exc)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 
 class TimestampError(ValueError):
@@ -24,8 +24,9 @@ def parse_iso_ms(text: str) -> int:
 
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds to ISO-8601 UTC with milliseconds and a `Z`."""
-    dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    # Naive UTC arithmetic and isoformat(): about half the cost of strftime, and summaries
+    # format two times per participant.
+    return (_EPOCH_NAIVE + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds") + "Z"
 
 
 def iso_or_none(ms: int | None) -> str | None:
@@ -33,3 +34,4 @@ def iso_or_none(ms: int | None) -> str | None:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = datetime(1970, 1, 1)

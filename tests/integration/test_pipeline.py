@@ -168,7 +168,7 @@ async def test_a_batch_the_worker_fails_on_is_read_again_not_skipped(
     expected = reference(log)
     env = worker_env(kafka_bootstrap, redis_url, topics)
     produced = produce(kafka_bootstrap, topics, log.items)
-    w = WorkerProcess(env, script=str(HERE / "flaky_prepare.py"))
+    w = WorkerProcess(env, script=str(HERE / "flaky_submit.py"))
     try:
         await wait_for(
             lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "the drain"

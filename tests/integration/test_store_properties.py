@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from service import constants as C
 from service.core import shapes
-from service.core.model import ReferenceSession
+from service.core.model import PeerEvent, ReferenceSession
 from service.core.streams import ReferenceStream, StreamEnd, stream_session_object, stream_summary
 from service.livepeer import decode_livepeer_webhook, decode_snapshot
 from service.store import Store
@@ -47,7 +47,13 @@ def test_scripts_equal_the_reference(
     loop: asyncio.AbstractEventLoop, redis_url: str, data: st.DataObject, log: list, now_s: int
 ) -> None:
     sid = f"prop-{uuid.uuid4()}"
-    log = [dataclasses.replace(item, session_id=sid) for item in log]
+    # Peer events are named tuples, the other commands dataclasses.
+    log = [
+        item._replace(session_id=sid)
+        if isinstance(item, PeerEvent)
+        else dataclasses.replace(item, session_id=sid)
+        for item in log
+    ]
     delivered = data.draw(redeliveries(log))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(delivered)), max_size=5)))
     batches = [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)], strict=True) if b > a]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -63,7 +62,7 @@ def redeliveries(draw: st.DrawFn, log: list[Item]) -> list[Item]:
     ):
         item = log[index]
         if new_id and isinstance(item, PeerEvent):
-            item = dataclasses.replace(item, event_id=f"{item.event_id}#redelivered-{n}")
+            item = item._replace(event_id=f"{item.event_id}#redelivered-{n}")
         extra.append(item)
     return draw(st.permutations(log + extra))
 
