@@ -52,6 +52,10 @@ async def main(target: int, extra_env: dict[str, str]) -> None:
         f"worker applied {d.events:,} events in {d.seconds:.2f}s after its first commit:"
         f" {d.rate:,.0f} events/s ({d.rate_with_startup:,.0f} with {d.startup_seconds:.1f}s start-up)"
     )
+    print(
+        f"all offsets committed {d.extra['all_committed_after_s']:.2f}s after the start;"
+        f" every summary out {d.seconds_with_startup:.2f}s after it"
+    )
     print(f"{batches} batches, {d.events / max(batches, 1):,.0f} events per batch on average")
     print(f"summaries published {d.extra['summaries_published']:,} for {ended:,} ended sessions")
     per_event = ", ".join(f"{k} {v}" for k, v in d.extra["cpu_us_per_event"].items())

@@ -27,6 +27,11 @@ from .stream_store import StreamStore
 
 log = logging.getLogger(__name__)
 
+# Due sessions looked at per pass for their settling (the head of the outbox, lowest counters first).
+SETTLE_WINDOW = 10_000
+# Sessions built between two yields to the event loop.
+BUILD_SLICE = 50
+
 
 def content_hash(followed: Any) -> str:
     """What a channel's revisions follow, hashed: a new revision only when this changes."""
@@ -85,7 +90,9 @@ def stream_channels(summaries: DefaultPublisher) -> tuple[Channel, ...]:
     return (Channel("summary", summaries, shapes.summary_message_id, _stream_summary),)
 
 
-Loaded = tuple[Any, Mapping[bytes, bytes]]  # a session's view and the hash its revisions live in
+Loaded = tuple[Any, Mapping[bytes, bytes]]
+# A revision to commit: session, channel, `ver` read, <channel>_rev read, content hash, body.
+Commit = tuple[str, str, str, int, str, bytes]  # a session's view and the hash its revisions live in
 
 
 @dataclass(frozen=True)
@@ -100,10 +107,16 @@ class Source:
 def rtk_source(store: Store) -> Source:
     async def load(sids: Sequence[str]) -> list[Loaded | None]:
         raws = await store.read_many(sids)
-        return [
-            None if raw is None else (view_from_raw(sid, raw, events_by_peer(raw["events"])), raw["session"])
-            for sid, raw in zip(sids, raws, strict=True)
-        ]
+        out: list[Loaded | None] = []
+        for n, (sid, raw) in enumerate(zip(sids, raws, strict=True), 1):
+            if n % BUILD_SLICE == 0:
+                await asyncio.sleep(0)  # CPU work on the event loop: let a batch in
+            out.append(
+                None
+                if raw is None
+                else (view_from_raw(sid, raw, events_by_peer(raw["events"])), raw["session"])
+            )
+        return out
 
     return Source(C.OUTBOX, rtk_state_key, load)
 
@@ -113,6 +126,16 @@ def stream_source(streams: StreamStore) -> Source:
         return list(await streams.read_many(sids))
 
     return Source(C.OUTBOX_STREAMS, lambda sid: C.stream_keys(sid)[0], load)
+
+
+async def _first_of(*events: asyncio.Event, timeout_s: float) -> None:
+    """Wait until one of the events is set, at most `timeout_s`."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 class Outbox:
@@ -126,7 +149,7 @@ class Outbox:
         stats: Stats,
         *,
         source: Source | None = None,
-        chunk: int = 50,
+        chunk: int = 500,
         defer: Callable[[], bool] | None = None,
         max_defer_s: float = 10.0,
         quiet_s: float = 0.0,
@@ -135,8 +158,9 @@ class Outbox:
         self.source = source or rtk_source(store)
         self.channels = {c.name: c for c in channels}
         self.stats = stats
-        # Small chunks: building summaries is CPU work on the worker's event loop, and the batch
-        # path waits behind each chunk.
+        # Sessions per pass: each pass waits for the broker's acknowledgements once, so a backlog
+        # of due sessions goes out in a few passes. Building is CPU work on the worker's event
+        # loop: it yields every BUILD_SLICE sessions, so a batch never waits behind a whole pass.
         self.chunk = chunk
         # While `defer()` says the worker is draining a backlog, late facts keep changing ended
         # sessions: waiting (at most max_defer_s) publishes one revision instead of many.
@@ -147,6 +171,9 @@ class Outbox:
         # trickle in after an end then give one revision, not one per batch.
         self.quiet_s = quiet_s
         self._settling: dict[str, tuple[int, float]] = {}  # session -> (counter, first seen)
+        self._waiting: list[tuple[str, int]] = []  # (session, counter) still settling, queue order
+        # session -> (counter it was queued at, its commits or why it failed), built in advance
+        self._prebuilt: dict[str, tuple[int, list[Commit] | Exception]] = {}
         self.wake = asyncio.Event()
         # Seconds until the first session still settling may be taken (None: none settling).
         self.settles_in: float | None = None
@@ -156,6 +183,7 @@ class Outbox:
             return due
         now = time.monotonic()
         ready = []
+        self._waiting = []
         self.settles_in = None
         for sid, queued_at in due:
             seen = self._settling.get(sid)
@@ -167,8 +195,9 @@ class Outbox:
                 continue
             else:
                 wait = quiet_s - (now - seen[1])
+            self._waiting.append((sid, queued_at))
             self.settles_in = wait if self.settles_in is None else min(self.settles_in, wait)
-        if len(self._settling) > 10 * self.chunk:  # sessions drained by another worker
+        if len(self._settling) > 2 * SETTLE_WINDOW:  # sessions drained by another worker
             self._settling = {sid: v for sid, v in self._settling.items() if now - v[1] < 60}
         return ready
 
@@ -185,38 +214,30 @@ class Outbox:
         quiet_s = 0.0 if final else self.quiet_s
         # Settling sessions are looked at further down the queue than one chunk, so that those
         # still settling at its head do not keep the others waiting.
-        window = self.chunk if quiet_s <= 0 else 20 * self.chunk
+        window = self.chunk if quiet_s <= 0 else SETTLE_WINDOW
         queue = await self.store.outbox_due(window, src.outbox_key)
         due = self._settled(queue, quiet_s)[: self.chunk]
         self.more = len(due) >= self.chunk
         if not due:
             return 0
-        loaded = await src.load([sid for sid, _ in due])
-        commits: list[tuple[str, str, str, int, str, bytes]] = []
+        # Sessions built while they settled (prebuild) are not loaded again; if one changed
+        # since, revision.lua answers "retry" for it and the next pass builds it anew.
+        fresh_sids = [sid for sid, q in due if self._prebuilt.get(sid, (None, None))[0] != q]
+        fresh = dict(zip(fresh_sids, await self._build_many(fresh_sids), strict=True))
+        commits: list[Commit] = []
         queued: dict[str, int] = {}
         unfinished: dict[str, int] = {}  # session -> channels still to be confirmed this pass
-        for (sid, queued_at), got in zip(due, loaded, strict=True):
+        for sid, queued_at in due:
             queued[sid] = queued_at
             unfinished[sid] = 0
-            if got is None:  # expired, or deleted by hand
-                continue
-            view, session = got
-            try:
-                built = [(ch, ch.build(view)) for ch in self.channels.values()]
-            except Exception as exc:
-                self._failed(sid, "all", exc)
+            pre = self._prebuilt.pop(sid, None)
+            built = pre[1] if pre is not None and pre[0] == queued_at else fresh[sid]
+            if isinstance(built, Exception):
+                self._failed(sid, "all", built)
                 unfinished[sid] += 1  # stays queued
                 continue
-            ver = session.get(b"ver", b"0").decode()
-            for ch, got in built:
-                if got is None:
-                    continue
-                content, followed = got
-                rev_seen = int(session.get(f"{ch.name}_rev".encode(), b"0"))
-                commits.append(
-                    (sid, ch.name, ver, rev_seen, content_hash(followed), ch.body(sid, rev_seen + 1, content))
-                )
-                unfinished[sid] += 1
+            commits += built
+            unfinished[sid] += len(built)
 
         outcomes = await self.store.commit_revisions(commits, src.state_key)
         sends: list[tuple[str, Channel, int, bytes, bool]] = []  # session, channel, rev, body, was pending
@@ -227,9 +248,7 @@ class Outbox:
                 sends.append((sid, self.channels[name], rev, body, kind == "pending"))
             else:
                 unfinished[sid] -= 1
-        results = await asyncio.gather(
-            *(self._publish(sid, ch, rev, body) for sid, ch, rev, body, _ in sends), return_exceptions=True
-        )
+        results = await self._publish_all(sends)
         published: list[tuple[str, str, int]] = []
         unreachable: list[KafkaError] = []
         for (sid, ch, rev, _, pending), result in zip(sends, results, strict=True):
@@ -251,15 +270,95 @@ class Outbox:
             raise unreachable[0]
         return len(published)
 
-    async def _publish(self, sid: str, ch: Channel, rev: int, body: bytes) -> None:
+    async def _build_many(self, sids: Sequence[str]) -> list[list[Commit] | Exception]:
+        """Load sessions and build their due messages: per session, the revision commits to
+        make (none for a session gone or with nothing due), or why it could not be built."""
+        loaded = await self.source.load(sids) if sids else []
+        out: list[list[Commit] | Exception] = []
+        for n, (sid, got) in enumerate(zip(sids, loaded, strict=True), 1):
+            if n % BUILD_SLICE == 0:
+                await asyncio.sleep(0)  # CPU work on the event loop: let a batch in
+            if got is None:  # expired, or deleted by hand
+                out.append([])
+                continue
+            view, session = got
+            try:
+                built = [(ch, ch.build(view)) for ch in self.channels.values()]
+            except Exception as exc:
+                out.append(exc)
+                continue
+            ver = session.get(b"ver", b"0").decode()
+            commits: list[Commit] = []
+            for ch, content_followed in built:
+                if content_followed is None:
+                    continue
+                content, followed = content_followed
+                rev_seen = int(session.get(f"{ch.name}_rev".encode(), b"0"))
+                commits.append(
+                    (sid, ch.name, ver, rev_seen, content_hash(followed), ch.body(sid, rev_seen + 1, content))
+                )
+            out.append(commits)
+        return out
+
+    async def prebuild(self) -> None:
+        """Build the messages of sessions still settling, while the worker has nothing else to
+        do: when they settle, only the commit and the publish are left. A session that changes
+        meanwhile is built again then."""
+        todo = [(sid, q) for sid, q in self._waiting if self._prebuilt.get(sid, (None, None))[0] != q]
+        todo = todo[: self.chunk]
+        if not todo:
+            return
+        if len(self._prebuilt) > 4 * self.chunk:  # sessions drained by another worker
+            self._prebuilt.clear()
+        built = await self._build_many([sid for sid, _ in todo])
+        for (sid, q), b in zip(todo, built, strict=True):
+            self._prebuilt[sid] = (q, b)
+
+    async def observe(self) -> None:
+        """Note the due sessions' change counters without building anything (while deferring),
+        so that sessions which stopped changing during a backlog are settled when it ends."""
+        if self.quiet_s > 0:
+            self._settled(await self.store.outbox_due(SETTLE_WINDOW, self.source.outbox_key), self.quiet_s)
+
+    async def _publish_all(
+        self, sends: Sequence[tuple[str, Channel, int, bytes, bool]]
+    ) -> list[BaseException | None]:
+        """Publish every message; returns, per message, None once the broker acknowledged it or
+        what went wrong.
+
+        The messages are handed to the producer one after the other and the acknowledgements
+        awaited together. Hundreds of concurrent sends to one partition would all wait on each
+        full producer batch and wake together: about 0.7 ms of the worker's CPU per message
+        (docs/performance.md), where this costs a tenth of that.
+        """
+        results: list[BaseException | None] = [None] * len(sends)
+        acks: list[tuple[int, Awaitable[Any]]] = []
+        for i, (sid, ch, rev, body, _) in enumerate(sends):
+            try:
+                ack = await self._publish(sid, ch, rev, body)
+            except Exception as exc:
+                results[i] = exc
+                continue
+            if ack is not None:
+                acks.append((i, ack))
+        outcomes = await asyncio.gather(*(a for _, a in acks), return_exceptions=True)
+        for (i, _), outcome in zip(acks, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                results[i] = outcome
+        return results
+
+    async def _publish(self, sid: str, ch: Channel, rev: int, body: bytes) -> Awaitable[Any] | None:
+        """Hand one message to the producer; returns the future of its acknowledgement."""
         message_id = ch.message_id(sid)
-        await ch.publisher.publish(
+        ack: Awaitable[Any] | None = await ch.publisher.publish(
             body,
             key=sid.encode(),
             headers={"message_id": message_id, "revision": str(rev)},
             # Deterministic, so every copy of one revision is identical, headers included.
             correlation_id=f"{message_id}:{rev}",
+            no_confirm=True,
         )
+        return ack
 
     def _failed(self, sid: str, channel: str, exc: BaseException) -> None:
         self.stats.add("outbox_failures", channel)
@@ -270,8 +369,12 @@ class Outbox:
         last_drain = time.monotonic()
         while not stopping.is_set():
             if self.defer is not None and self.defer() and time.monotonic() - last_drain < self.max_defer_s:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=interval_s)
+                # Woken by each batch that makes sessions due, so that the end of a backlog is
+                # seen at once, and their settling clocks start when they last changed.
+                self.wake.clear()
+                with contextlib.suppress(Exception):
+                    await self.observe()
+                await _first_of(self.wake, stopping, timeout_s=interval_s)
                 continue
             try:
                 n = await self.drain_once()
@@ -285,9 +388,12 @@ class Outbox:
                 if not n and self.settles_in is not None:
                     # Sessions still settling, nothing ready: a wake (a batch made sessions
                     # due) cannot make one ready sooner than this, and a pass per batch would
-                    # read the whole settling window again each time.
+                    # read the whole settling window again each time. Meanwhile their
+                    # messages are built, so that settling is all that is left to wait for.
+                    until = time.monotonic() + min(self.settles_in, interval_s)
+                    await self.prebuild()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stopping.wait(), timeout=min(self.settles_in, interval_s))
+                        await asyncio.wait_for(stopping.wait(), timeout=max(0.0, until - time.monotonic()))
                     continue
             except (StoreUnavailable, rexc.ConnectionError, rexc.TimeoutError, KafkaError, OSError) as exc:
                 backoff = min(backoff * 2, 30.0)

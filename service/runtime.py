@@ -101,6 +101,10 @@ def build_broker(settings: Settings) -> KafkaBroker:
         # Webhook bodies may be up to 1 MiB, plus the record's own overhead; the webhook topics
         # are created with a matching max.message.bytes (docker-compose.yml's topics job).
         max_request_size=2 * 1024 * 1024,
+        # Batches of up to 512 KiB (below a topic's default max.message.bytes of 1 MiB): the
+        # outbox hands over hundreds of summaries at once, and 16 KiB batches would make that
+        # a hundred produce requests to one partition, one after the other.
+        max_batch_size=512 * 1024,
         graceful_timeout=30.0,
     )
 

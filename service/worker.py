@@ -143,7 +143,7 @@ class Worker:
         # While a backlog drains, summaries wait for it (up to 10 s) rather than being rebuilt
         # for every late fact that reaches an ended session.
         def backlog() -> bool:
-            return self.behind
+            return self.behind or self.queued_records() >= BACKLOG_RECORDS
 
         quiet = rt.settings.outbox_quiet_seconds
         self.outbox = Outbox(
@@ -160,6 +160,7 @@ class Worker:
         )
         self.consumer: Any = None  # the aiokafka consumer, once FastStream has started it
         self.in_flight: asyncio.Task[None] | None = None  # the batch being applied, if any
+        self.in_flight_records = 0  # records of the batch being applied
         self.pending = Batch()  # decoded records queued behind it, merged into one batch
         self.generation = 0  # counts rewinds of queued records, so a decode in progress is dropped
         self.committing: asyncio.Task[None] | None = None  # the last offset commit sent, if any
@@ -385,8 +386,14 @@ class Worker:
             # restart) reads them again from the last committed offsets.
             self.rewind(batch.records)
             return
+        self.in_flight_records = len(batch.records)
         self.in_flight = asyncio.create_task(self.complete(batch.records, batch))
         self.in_flight.add_done_callback(lambda _: self._launch())
+
+    def queued_records(self) -> int:
+        """Records fetched and not yet applied: queued, or in the batch being applied."""
+        running = self.in_flight is not None and not self.in_flight.done()
+        return len(self.pending.records) + (self.in_flight_records if running else 0)
 
     async def settled(self) -> None:
         """Wait until the batch in flight, if any, is applied (or given up); its commit may
