@@ -367,13 +367,18 @@ class Outbox:
     async def run(self, interval_s: float, stopping: asyncio.Event) -> None:
         backoff = interval_s
         last_drain = time.monotonic()
+        observed = 0.0
         while not stopping.is_set():
             if self.defer is not None and self.defer() and time.monotonic() - last_drain < self.max_defer_s:
                 # Woken by each batch that makes sessions due, so that the end of a backlog is
                 # seen at once, and their settling clocks start when they last changed.
                 self.wake.clear()
-                with contextlib.suppress(Exception):
-                    await self.observe()
+                if (
+                    time.monotonic() - observed >= self.quiet_s / 4
+                ):  # a quarter of the quiet time at most late
+                    observed = time.monotonic()
+                    with contextlib.suppress(Exception):
+                        await self.observe()
                 await _first_of(self.wake, stopping, timeout_s=interval_s)
                 continue
             try:

@@ -225,7 +225,14 @@ def _plain_peer_event(obj: dict[str, Any]) -> tuple[str, str, str, str] | None:
 
 
 def decode_peer_event(raw: bytes, key: bytes | None) -> PeerEvent:
-    obj = load_object(raw)
+    # The hot path (a valid object) without the error handling of load_object, which says
+    # why a value is not one.
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        obj = load_object(raw)  # raises with the reason
+    if type(obj) is not dict:
+        obj = load_object(raw)
     plain = _plain_peer_event(obj)
     if plain is None:
         ev: RtkPeerEventIn = _validate(RtkPeerEventIn, obj)
@@ -235,16 +242,11 @@ def decode_peer_event(raw: bytes, key: bytes | None) -> PeerEvent:
     if not session_id:
         raise InvalidMessage("missing_field", "peer event has no 'session_id' and no message key")
     t_ms = iso_field_ms(created, "created_at")
-    if (updated := obj.get("updated_at")) is not None and updated != created:
+    updated = obj.get("updated_at")
+    if updated is not None and updated != created:
         iso_field_ms(updated, "updated_at")
-    return PeerEvent(
-        session_id=session_id,
-        event_id=eid,
-        peer_id=peer,
-        code=CODE_BY_EVENT_NAME[name],
-        t_ms=t_ms,
-        raw_json=raw.decode("utf-8"),
-    )
+    # Positional: session_id, event_id, peer_id, code, t_ms, raw_json.
+    return PeerEvent(session_id, eid, peer, CODE_BY_EVENT_NAME[name], t_ms, raw.decode())
 
 
 def decode_peer_report(raw: bytes, timestamp_ms: int) -> PeerReport:

@@ -19,6 +19,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 from typing import Any, cast
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -91,6 +92,11 @@ class Batch:
         self.ignored += later.ignored
         self.bad += later.bad
         self.consumed.update(later.consumed)
+
+
+# A source's record, and a record's topic: counted per record, so in C (operator).
+_RECORD = itemgetter(0)
+_TOPIC = attrgetter("topic")
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -186,16 +192,28 @@ class Worker:
         """Group valid records' commands by session; collect reports and invalid records
         (into ``batch``, when given)."""
         batch = batch or Batch()
+        peer_events, by_session, sources = self.topics.rtk_peer_events, batch.by_session, batch.sources
         for rec in records:
+            if rec.topic == peer_events:
+                # By far the most records: one fact each, straight into the batch.
+                try:
+                    ev = decode_peer_event(rec.value, rec.key)
+                except InvalidMessage as exc:
+                    batch.bad.append((rec, exc))
+                    continue
+                except Exception as exc:
+                    batch.bad.append((rec, self._decoder_failed(rec, exc)))
+                    continue
+                by_session[ev.session_id].append(ev)
+                sources[ev.session_id].append((rec, 1))
+                continue
             try:
                 decoded = self._decoders[rec.topic](rec)
             except InvalidMessage as exc:
                 batch.bad.append((rec, exc))
                 continue
             except Exception as exc:
-                # Decoding is pure: a retry cannot help, and retrying would stall the partition.
-                log.exception("decoder failed on %s[%d]@%d", rec.topic, rec.partition, rec.offset)
-                batch.bad.append((rec, InvalidMessage("decode_error", f"{type(exc).__name__}: {exc}")))
+                batch.bad.append((rec, self._decoder_failed(rec, exc)))
                 continue
             if type(decoded) is list:  # RealtimeKit facts: by far the most records
                 if decoded:
@@ -214,6 +232,13 @@ class Worker:
             else:
                 batch.ignored.append(rec)
         return batch
+
+    @staticmethod
+    def _decoder_failed(rec: ConsumerRecord, exc: Exception) -> InvalidMessage:
+        """A decoder raised something else than InvalidMessage: a bug, dead-lettered with its
+        reason. Decoding is pure: a retry cannot help, and retrying would stall the partition."""
+        log.exception("decoder failed on %s[%d]@%d", rec.topic, rec.partition, rec.offset)
+        return InvalidMessage("decode_error", f"{type(exc).__name__}: {exc}")
 
     async def process(self, records: Sequence[ConsumerRecord], batch: Batch) -> None:
         """Apply one decoded batch; returns only when every effect is in Redis (or dead-lettered).
@@ -245,7 +270,7 @@ class Worker:
         for sid, res in results.items():
             sources, letters = batch.sources[sid], res.letters
             if len(sources) == len(letters):  # one fact per record: the usual case
-                outcomes.update(zip(letters, (rec.topic for rec, _ in sources), strict=True))
+                outcomes.update(zip(letters, map(_TOPIC, map(_RECORD, sources)), strict=True))
                 continue
             at = 0
             for rec, n in sources:
