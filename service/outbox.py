@@ -171,7 +171,10 @@ class Outbox:
         # trickle in after an end then give one revision, not one per batch.
         self.quiet_s = quiet_s
         self._settling: dict[str, tuple[int, float]] = {}  # session -> (counter, first seen)
-        self._waiting: list[tuple[str, int]] = []  # (session, counter) still settling, queue order
+        # (session, counter) settling for half the quiet time or more (any, right after a
+        # backlog), in queue order: built in advance
+        self._waiting: list[tuple[str, int]] = []
+        self._backlog_ended = -1e9  # monotonic time the last deferral (a backlog) ended
         # session -> (counter it was queued at, its commits or why it failed), built in advance
         self._prebuilt: dict[str, tuple[int, list[Commit] | Exception]] = {}
         self.wake = asyncio.Event()
@@ -182,6 +185,7 @@ class Outbox:
         if quiet_s <= 0:
             return due
         now = time.monotonic()
+        eager = now - self._backlog_ended < 2 * quiet_s
         ready = []
         self._waiting = []
         self.settles_in = None
@@ -195,7 +199,10 @@ class Outbox:
                 continue
             else:
                 wait = quiet_s - (now - seen[1])
-            self._waiting.append((sid, queued_at))
+            # Worth building in advance: likely to settle now, or touched by a backlog that
+            # just ended (the worker has nothing else to do).
+            if wait <= quiet_s / 2 or eager:
+                self._waiting.append((sid, queued_at))
             self.settles_in = wait if self.settles_in is None else min(self.settles_in, wait)
         if len(self._settling) > 2 * SETTLE_WINDOW:  # sessions drained by another worker
             self._settling = {sid: v for sid, v in self._settling.items() if now - v[1] < 60}
@@ -301,9 +308,10 @@ class Outbox:
         return out
 
     async def prebuild(self) -> None:
-        """Build the messages of sessions still settling, while the worker has nothing else to
-        do: when they settle, only the commit and the publish are left. A session that changes
-        meanwhile is built again then."""
+        """Build the messages of sessions half-way through settling, while the outbox would
+        wait anyway: when they settle, only the commit and the publish are left. A session that
+        changes meanwhile is built again then (only the second half of the quiet time is spent
+        on sessions that may still change, so live traffic rarely wastes a build)."""
         todo = [(sid, q) for sid, q in self._waiting if self._prebuilt.get(sid, (None, None))[0] != q]
         todo = todo[: self.chunk]
         if not todo:
@@ -314,11 +322,19 @@ class Outbox:
         for (sid, q), b in zip(todo, built, strict=True):
             self._prebuilt[sid] = (q, b)
 
-    async def observe(self) -> None:
-        """Note the due sessions' change counters without building anything (while deferring),
-        so that sessions which stopped changing during a backlog are settled when it ends."""
-        if self.quiet_s > 0:
-            self._settled(await self.store.outbox_due(SETTLE_WINDOW, self.source.outbox_key), self.quiet_s)
+    def note(self, changed: Mapping[str, int]) -> None:
+        """Sessions this worker just made due, with their change counters: their settling
+        clocks start now, when they changed (while a backlog defers the outbox too), rather
+        than when a pass first sees them in the queue. Sessions changed by other workers are
+        timed from when a pass sees them."""
+        if self.quiet_s <= 0:
+            return
+        now = time.monotonic()
+        settling = self._settling
+        for sid, ver in changed.items():
+            seen = settling.get(sid)
+            if seen is None or seen[0] != ver:
+                settling[sid] = (ver, now)
 
     async def _publish_all(
         self, sends: Sequence[tuple[str, Channel, int, bytes, bool]]
@@ -367,20 +383,18 @@ class Outbox:
     async def run(self, interval_s: float, stopping: asyncio.Event) -> None:
         backoff = interval_s
         last_drain = time.monotonic()
-        observed = 0.0
+        deferred = False
         while not stopping.is_set():
             if self.defer is not None and self.defer() and time.monotonic() - last_drain < self.max_defer_s:
                 # Woken by each batch that makes sessions due, so that the end of a backlog is
-                # seen at once, and their settling clocks start when they last changed.
+                # seen at once (the batches note when their sessions changed: note()).
                 self.wake.clear()
-                if (
-                    time.monotonic() - observed >= self.quiet_s / 4
-                ):  # a quarter of the quiet time at most late
-                    observed = time.monotonic()
-                    with contextlib.suppress(Exception):
-                        await self.observe()
                 await _first_of(self.wake, stopping, timeout_s=interval_s)
+                deferred = True
                 continue
+            if deferred:
+                deferred = False
+                self._backlog_ended = time.monotonic()
             try:
                 n = await self.drain_once()
                 last_drain = time.monotonic()

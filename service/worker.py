@@ -153,7 +153,11 @@ class Worker:
 
         quiet = rt.settings.outbox_quiet_seconds
         self.outbox = Outbox(
-            rt.store, channels(self.summaries, self.transcripts), self.stats, defer=backlog, quiet_s=quiet
+            rt.store,
+            channels(self.summaries, self.transcripts),
+            self.stats,
+            defer=backlog,
+            quiet_s=quiet,
         )
         self.streams = StreamStore(rt.store)
         self.stream_outbox = Outbox(
@@ -287,6 +291,7 @@ class Worker:
             await self.dead_letter(batch.bad)
         due = await store.update_indexes(results)
         if due:
+            self.outbox.note({sid: results[sid].ver for sid in due})
             self.outbox.wake.set()
 
     async def process_streams(self, batch: Batch) -> None:

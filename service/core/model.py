@@ -7,6 +7,7 @@ compare Redis against.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -166,7 +167,9 @@ def event_details(event: Mapping[str, Any]) -> dict[str, Any]:
 
 # A stored event that contains none of these (and no escape, which could spell a key
 # otherwise) carries no details: it need not be parsed.
-_DETAIL_KEYS = (*(f'"{name}"' for name in DETAIL_FIELDS), "\\")
+_MAY_HAVE_DETAILS = re.compile(
+    "|".join([*(re.escape(f'"{name}"') for name in DETAIL_FIELDS), re.escape("\\")])
+).search
 
 
 def _newest_details(events: Mapping[int, str]) -> dict[str, Any]:
@@ -183,7 +186,7 @@ def _newest_details(events: Mapping[int, str]) -> dict[str, Any]:
         if len(best) == len(DETAIL_FIELDS) and all(t < found for found, _ in best.values()):
             break
         raw = events[enc]
-        if not any(k in raw for k in _DETAIL_KEYS):
+        if _MAY_HAVE_DETAILS(raw) is None:
             continue
         obj = orjson.loads(raw)
         for name in DETAIL_FIELDS:
