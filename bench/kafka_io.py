@@ -106,8 +106,14 @@ class SummaryReader:
     def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
         self.topic = topic
         self.partitions = partitions
+        # A short fetch wait: tansu holds a fetch for its whole wait when there is nothing new,
+        # and aiokafka's default (500 ms) would make the bench see the last summaries up to
+        # half a second after the worker published them.
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=20,
         )
         self.latest: dict[str, dict[str, Any]] = {}
         self.messages = 0
