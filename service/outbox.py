@@ -313,10 +313,10 @@ class Outbox:
         changes meanwhile is built again then (only the second half of the quiet time is spent
         on sessions that may still change, so live traffic rarely wastes a build)."""
         todo = [(sid, q) for sid, q in self._waiting if self._prebuilt.get(sid, (None, None))[0] != q]
-        todo = todo[: self.chunk]
+        todo = todo[:SETTLE_WINDOW]
         if not todo:
             return
-        if len(self._prebuilt) > 4 * self.chunk:  # sessions drained by another worker
+        if len(self._prebuilt) > 2 * SETTLE_WINDOW:  # sessions drained by another worker
             self._prebuilt.clear()
         built = await self._build_many([sid for sid, _ in todo])
         for (sid, q), b in zip(todo, built, strict=True):

@@ -7,7 +7,6 @@ compare Redis against.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -165,11 +164,16 @@ def event_details(event: Mapping[str, Any]) -> dict[str, Any]:
     return {f: event[f] for f in DETAIL_FIELDS if event.get(f) is not None}
 
 
-# A stored event that contains none of these (and no escape, which could spell a key
-# otherwise) carries no details: it need not be parsed.
-_MAY_HAVE_DETAILS = re.compile(
-    "|".join([*(re.escape(f'"{name}"') for name in DETAIL_FIELDS), re.escape("\\")])
-).search
+def _may_have_details(raw: str) -> bool:
+    """False when the stored event certainly carries no detail: none of the keys, and no escape
+    that could spell one. Substring tests, which are far cheaper than parsing (or a regex)."""
+    return (
+        '"display_name"' in raw
+        or '"user_id"' in raw
+        or '"custom_participant_id"' in raw
+        or '"preset_name"' in raw
+        or "\\" in raw
+    )
 
 
 def _newest_details(events: Mapping[int, str]) -> dict[str, Any]:
@@ -186,7 +190,7 @@ def _newest_details(events: Mapping[int, str]) -> dict[str, Any]:
         if len(best) == len(DETAIL_FIELDS) and all(t < found for found, _ in best.values()):
             break
         raw = events[enc]
-        if _MAY_HAVE_DETAILS(raw) is None:
+        if not _may_have_details(raw):
             continue
         obj = orjson.loads(raw)
         for name in DETAIL_FIELDS:
@@ -230,7 +234,8 @@ def build_view(
     peer_ids = stored_intervals.keys() if stored_intervals is not None else stored_events.keys()
     for peer_id in peer_ids:
         events = stored_events.get(peer_id, {})
-        applied = {e: raw for e, raw in events.items() if ended_ms is None or decode(e)[0] <= ended_ms}
+        # e >> 2 is decode(e)[0], inlined: this runs for every stored event of a summary.
+        applied = events if ended_ms is None else {e: raw for e, raw in events.items() if e >> 2 <= ended_ms}
         if stored_intervals is None and not applied:
             continue
         encoded = sorted(applied)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import orjson
 import pytest
 
 from service.core import shapes
-from service.core.model import ReferenceSession
+from service.core.model import DETAIL_FIELDS, ReferenceSession, _may_have_details
 from service.core.timeutil import iso_ms
 
 from .rtk_factory import (
@@ -541,3 +542,15 @@ def test_summary_message_id() -> None:
 
 def test_peer_event_helper_keeps_session_id() -> None:
     assert peer_event("p1", "PEER_JOINING", 0).session_id == SESSION_ID
+
+
+def test_the_detail_prefilter_lets_every_detail_field_through() -> None:
+    """_newest_details skips stored events without a detail key by substring tests: a detail
+    field added to DETAIL_FIELDS but not to those tests would be silently dropped."""
+    for name in DETAIL_FIELDS:
+        assert _may_have_details(orjson.dumps({"id": "e", name: "x"}).decode())
+    # A key spelled with an escape is one too.
+    assert _may_have_details('{"user\\u005fid": "x"}')
+    assert not _may_have_details(
+        orjson.dumps({"id": "e", "peer_id": "p", "event_name": "PEER_JOINING"}).decode()
+    )
