@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaConnectionError
 from service import constants as C
 from service.constants import Topics
 from service.core.model import Artifact, PeerEvent, SessionMessage
-from service.outbox import Outbox, channels
+from service.outbox import Outbox, Source, channels
 from service.stats import Stats
 from service.store import Store
 
@@ -224,3 +224,39 @@ async def test_a_session_settles_before_its_summary_is_built(redis_client: aiore
     await store.update_indexes(await store.apply({sid: [_join(sid, "c", 3_000)]}))
     await outbox.flush(timeout_s=5)
     assert [orjson.loads(b)["revision"] for b in publisher.sent] == [1, 2]
+
+
+async def test_a_message_built_in_advance_is_used_only_while_the_session_is_unchanged(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+    publisher = RecordingPublisher()
+    outbox = Outbox(store, channels(publisher, publisher), Stats(), quiet_s=0.3)  # type: ignore[arg-type]
+    still, moved = "outbox-prebuilt-still", "outbox-prebuilt-moved"
+    results = await store.apply(
+        {sid: [_join(sid, "a", 1_000), _ended(sid, 60_000)] for sid in (still, moved)}
+    )
+    due = await store.update_indexes(results)
+    outbox.note({sid: results[sid].ver for sid in due})  # the worker's batch path does this
+    await asyncio.sleep(0.2)  # past half the quiet time: worth building in advance
+    assert await outbox.drain_once() == 0
+    await outbox.prebuild()
+    assert set(outbox._prebuilt) == {still, moved}
+    loaded: list[str] = []  # sessions loaded from here on
+    source = outbox.source
+    outbox.source = Source(
+        source.outbox_key, source.state_key, lambda sids: (loaded.extend(sids), source.load(sids))[1]
+    )
+    # A late fact changes one of them after its message was built (its quiet time starts again).
+    late = await store.apply({moved: [_join(moved, "b", 2_000)]})
+    outbox.note({sid: late[sid].ver for sid in await store.update_indexes(late)})
+    await asyncio.sleep(0.35)
+    for _ in range(3):
+        await outbox.drain_once()
+    sent = {orjson.loads(b)["session_id"]: orjson.loads(b) for b in publisher.sent}
+    assert len(publisher.sent) == 2, "one message each: the stale one was built again, not sent"
+    assert (sent[still]["revision"], sent[still]["participants_total"]) == (1, 1)
+    assert (sent[moved]["revision"], sent[moved]["participants_total"]) == (1, 2)
+    assert loaded == [moved], "the unchanged session's message was not the one built in advance"
+    assert await store.outbox_due(10) == []

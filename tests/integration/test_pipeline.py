@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from service import constants as C
 from service.constants import Topics
 from service.core import shapes
+from service.embedded import free_port
 
 from .harness import (
     Log,
@@ -155,6 +156,31 @@ async def test_sigkill_after_redis_write_before_commit_changes_nothing(
             copies.setdefault((s["message_id"], s["revision"]), set()).add(m.value())
         assert all(len(bodies) == 1 for bodies in copies.values()), "copies of one revision differ"
         assert {rev for _, rev in copies} == {1}
+    finally:
+        assert w.stop() == 0
+
+
+async def test_batches_fetched_while_redis_applies_merge_and_still_follow_the_rules(
+    kafka_bootstrap: str, redis_url: str, topics: Topics, redis_client: aioredis.Redis, api: httpx.AsyncClient
+) -> None:
+    # Fetches of at most 50 records: while one batch is in Redis, the next ones merge into one
+    # (Worker.submit), so Redis gets batches larger than any single fetch.
+    log = make_log(random.Random(41), sessions=120)
+    expected = reference(log)
+    port = free_port()
+    w, _ = await run_to_completion(
+        kafka_bootstrap, redis_url, topics, log, redis_client, BATCH_MAX_RECORDS="50", METRICS_PORT=str(port)
+    )
+    try:
+        await assert_state_matches(api, expected)
+        async with httpx.AsyncClient() as c:
+            text = (await c.get(f"http://127.0.0.1:{port}/metrics")).text
+        buckets = {
+            line.split('le="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("sessionpulse_batch_size_bucket")
+        }
+        assert buckets["+Inf"] > buckets["50.0"], f"no batch larger than one fetch was applied: {buckets}"
     finally:
         assert w.stop() == 0
 
