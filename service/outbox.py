@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 SETTLE_WINDOW = 10_000
 # Sessions built between two yields to the event loop.
 BUILD_SLICE = 50
+# Most sessions whose settling the outbox keeps track of.
+SETTLING_LIMIT = 100_000
 
 
 def content_hash(followed: Any) -> str:
@@ -229,16 +231,21 @@ class Outbox:
             return 0
         # Sessions built while they settled (prebuild) are not loaded again; if one changed
         # since, revision.lua answers "retry" for it and the next pass builds it anew.
-        fresh_sids = [sid for sid, q in due if self._prebuilt.get(sid, (None, None))[0] != q]
-        fresh = dict(zip(fresh_sids, await self._build_many(fresh_sids), strict=True))
+        # Taken out before any await: a flush at shutdown may run a pass beside this one.
+        built_for: dict[str, list[Commit] | Exception] = {}
+        for sid, queued_at in due:
+            pre = self._prebuilt.pop(sid, None)
+            if pre is not None and pre[0] == queued_at:
+                built_for[sid] = pre[1]
+        fresh_sids = [sid for sid, _ in due if sid not in built_for]
+        built_for.update(zip(fresh_sids, await self._build_many(fresh_sids), strict=True))
         commits: list[Commit] = []
         queued: dict[str, int] = {}
         unfinished: dict[str, int] = {}  # session -> channels still to be confirmed this pass
         for sid, queued_at in due:
             queued[sid] = queued_at
             unfinished[sid] = 0
-            pre = self._prebuilt.pop(sid, None)
-            built = pre[1] if pre is not None and pre[0] == queued_at else fresh[sid]
+            built = built_for[sid]
             if isinstance(built, Exception):
                 self._failed(sid, "all", built)
                 unfinished[sid] += 1  # stays queued
@@ -270,9 +277,12 @@ class Outbox:
             if not pending:  # after a pending revision went out, the next pass commits the new one
                 unfinished[sid] -= 1
         await self.store.mark_published(published, src.state_key)
-        await self.store.outbox_done(
-            [(sid, queued[sid]) for sid, left in unfinished.items() if left == 0], src.outbox_key
-        )
+        finished = [(sid, queued[sid]) for sid, left in unfinished.items() if left == 0]
+        await self.store.outbox_done(finished, src.outbox_key)
+        for sid, queued_at in finished:
+            # Done with this change; a later one starts a new clock (note, or the next pass).
+            if self._settling.get(sid, (None,))[0] == queued_at:
+                del self._settling[sid]
         if unreachable:
             raise unreachable[0]
         return len(published)
@@ -311,16 +321,16 @@ class Outbox:
         """Build the messages of sessions half-way through settling, while the outbox would
         wait anyway: when they settle, only the commit and the publish are left. A session that
         changes meanwhile is built again then (only the second half of the quiet time is spent
-        on sessions that may still change, so live traffic rarely wastes a build)."""
+        on sessions that may still change, so live traffic rarely wastes a build). In slices
+        of one pass, so that one read never holds thousands of sessions."""
         todo = [(sid, q) for sid, q in self._waiting if self._prebuilt.get(sid, (None, None))[0] != q]
-        todo = todo[:SETTLE_WINDOW]
-        if not todo:
-            return
-        if len(self._prebuilt) > 2 * SETTLE_WINDOW:  # sessions drained by another worker
+        if len(self._prebuilt) + len(todo) > 2 * SETTLE_WINDOW:  # sessions drained by another worker
             self._prebuilt.clear()
-        built = await self._build_many([sid for sid, _ in todo])
-        for (sid, q), b in zip(todo, built, strict=True):
-            self._prebuilt[sid] = (q, b)
+        for i in range(0, min(len(todo), SETTLE_WINDOW), self.chunk):
+            part = todo[i : i + self.chunk]
+            for (sid, q), built in zip(part, await self._build_many([sid for sid, _ in part]), strict=True):
+                if not isinstance(built, Exception):  # a failure is reported when the pass builds it
+                    self._prebuilt[sid] = (q, built)
 
     def note(self, changed: Mapping[str, int]) -> None:
         """Sessions this worker just made due, with their change counters: their settling
@@ -331,6 +341,9 @@ class Outbox:
             return
         now = time.monotonic()
         settling = self._settling
+        if len(settling) > SETTLING_LIMIT:
+            # Bounded: a session forgotten here is timed again from when a pass sees it.
+            settling.clear()
         for sid, ver in changed.items():
             seen = settling.get(sid)
             if seen is None or seen[0] != ver:
@@ -354,6 +367,11 @@ class Outbox:
                 ack = await self._publish(sid, ch, rev, body)
             except Exception as exc:
                 results[i] = exc
+                if isinstance(exc, KafkaError) and exc.retriable:
+                    # The broker, not this message: the rest waits for the next pass rather
+                    # than each waiting out the producer's timeout here.
+                    results[i + 1 :] = [exc] * (len(sends) - i - 1)
+                    break
                 continue
             if ack is not None:
                 acks.append((i, ack))

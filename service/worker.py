@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -115,8 +116,14 @@ async def _parse_first_only(
 ) -> Any:
     """FastStream's batch parser builds a body entry and a header dict for every record, which
     the handler never reads (it takes the raw records): only the first record is parsed, for
-    the message's own fields, and the message carries every record."""
-    msg = await original(records[:1])
+    the message's own fields, and the message carries every record.
+
+    The record it parses has its headers left out: the parser decodes header values as
+    UTF-8, and a value it cannot decode would make FastStream drop the whole fetched batch
+    before the handler sees it (its records neither applied nor dead-lettered, and covered
+    by the next commit). The worker itself never reads headers.
+    """
+    msg = await original((dataclasses.replace(records[0], headers=[]),))
     msg.raw_message = records
     return msg
 
@@ -172,6 +179,7 @@ class Worker:
         self.in_flight: asyncio.Task[None] | None = None  # the batch being applied, if any
         self.in_flight_records = 0  # records of the batch being applied
         self.pending = Batch()  # decoded records queued behind it, merged into one batch
+        self.unmerged = 0  # records handed to submit() and not merged into `pending` yet
         self.generation = 0  # counts rewinds of queued records, so a decode in progress is dropped
         self.committing: asyncio.Task[None] | None = None  # the last offset commit sent, if any
         self.last_batch_full = False
@@ -367,6 +375,19 @@ class Worker:
         that is not in Redis. The handler waits only while `BATCH_MERGE_MAX_RECORDS` records
         are queued.
         """
+        if self.stopping.is_set():
+            # Not applied: read again after the restart (or by the partitions' next owner).
+            self.rewind(records)
+            return
+        # Counted from here until merged, so that the idle sweeper (which takes the lock
+        # between two batches) does not judge sessions while records wait for the lock.
+        self.unmerged += len(records)
+        try:
+            await self._submit(records)
+        finally:
+            self.unmerged -= len(records)
+
+    async def _submit(self, records: Sequence[ConsumerRecord]) -> None:
         async with self.batch_lock:
             generation = self.generation
             try:
@@ -418,7 +439,18 @@ class Worker:
             return
         self.in_flight_records = len(batch.records)
         self.in_flight = asyncio.create_task(self.complete(batch.records, batch))
-        self.in_flight.add_done_callback(lambda _: self._launch())
+        self.in_flight.add_done_callback(lambda task: self._after(task, batch.records))
+
+    def _after(self, task: asyncio.Task[None], records: Sequence[ConsumerRecord]) -> None:
+        """When a batch is done: launch the next one. A batch whose task failed (a bug:
+        complete() handles what it expects) was neither committed nor rewound, so it and the
+        records queued behind it are read again rather than covered by the next commit."""
+        if task.cancelled() or task.exception() is not None:
+            log.error("a batch of %d ended without its commit; it will be read again", len(records))
+            self.rewind([*records, *self.pending.records])
+            self.pending = Batch()
+            self.generation += 1
+        self._launch()
 
     def queued_records(self) -> int:
         """Records fetched and not yet applied: queued, or in the batch being applied."""
@@ -582,7 +614,11 @@ class Worker:
         s = self.rt.settings
         ended = 0
         async with self.batch_lock:
-            if (self.in_flight is not None and not self.in_flight.done()) or self.pending.records:
+            if (
+                (self.in_flight is not None and not self.in_flight.done())
+                or self.pending.records
+                or self.unmerged
+            ):
                 return 0  # a batch is still on its way to Redis
             if not await self.caught_up():
                 return 0

@@ -215,7 +215,9 @@ def reference(log: Log) -> dict[str, ReferenceSession]:
 Offsets = dict[tuple[str, int], int]
 
 
-def produce(bootstrap: str, topics: Topics, items: Iterable[Item]) -> Offsets:
+def produce(
+    bootstrap: str, topics: Topics, items: Iterable[Item], headers: Sequence[tuple[str, bytes]] | None = None
+) -> Offsets:
     """Produce with confluent-kafka (an independent client), Java's murmur2 key partitioner.
 
     Returns the next offset after the last delivered message of each partition, from the
@@ -223,7 +225,7 @@ def produce(bootstrap: str, topics: Topics, items: Iterable[Item]) -> Offsets:
     """
     ends: Offsets = {}
     for topic, partition, offset in produce_records(
-        bootstrap, topics, [(i.topic, i.key, i.value) for i in items]
+        bootstrap, topics, [(i.topic, i.key, i.value) for i in items], headers
     ):
         ends[(topic, partition)] = max(ends.get((topic, partition), 0), offset + 1)
     return ends
@@ -232,9 +234,14 @@ def produce(bootstrap: str, topics: Topics, items: Iterable[Item]) -> Offsets:
 Record = tuple[str, bytes | None, bytes | None]  # (contract topic, key, value)
 
 
-def produce_records(bootstrap: str, topics: Topics, records: Sequence[Record]) -> list[tuple[str, int, int]]:
+def produce_records(
+    bootstrap: str,
+    topics: Topics,
+    records: Sequence[Record],
+    headers: Sequence[tuple[str, bytes]] | None = None,
+) -> list[tuple[str, int, int]]:
     """Produce in order, as `produce` does; (topic, partition, offset) of each record, from the delivery
-    reports. A value may be None (a record without a value)."""
+    reports. A value may be None (a record without a value). `headers` go on every record."""
     producer = Producer(
         {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5, "acks": "all"}
     )
@@ -253,7 +260,13 @@ def produce_records(bootstrap: str, topics: Topics, records: Sequence[Record]) -
     for n, (topic, key, value) in enumerate(records):
         while True:
             try:
-                producer.produce(topics.name(topic), value=value, key=key, on_delivery=delivered(n))
+                producer.produce(
+                    topics.name(topic),
+                    value=value,
+                    key=key,
+                    headers=list(headers or ()),
+                    on_delivery=delivered(n),
+                )
                 break
             except BufferError:
                 producer.poll(0.1)

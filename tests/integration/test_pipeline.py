@@ -185,6 +185,25 @@ async def test_batches_fetched_while_redis_applies_merge_and_still_follow_the_ru
         assert w.stop() == 0
 
 
+async def test_records_with_headers_that_are_not_utf8_are_applied(
+    kafka_bootstrap: str, redis_url: str, topics: Topics, redis_client: aioredis.Redis, api: httpx.AsyncClient
+) -> None:
+    # The worker reads no headers; FastStream's parser would decode them, fail, and drop the
+    # whole fetched batch before the handler saw it (service/worker.py _parse_first_only).
+    log = make_log(random.Random(43), sessions=10, with_bad=False)
+    expected = reference(log)
+    env = worker_env(kafka_bootstrap, redis_url, topics)
+    produced = produce(kafka_bootstrap, topics, log.items, headers=[("trace", b"\xff\xfe not utf-8")])
+    w = WorkerProcess(env)
+    try:
+        await wait_for(
+            lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "the drain"
+        )
+        await assert_state_matches(api, expected)
+    finally:
+        assert w.stop() == 0
+
+
 async def test_a_batch_the_worker_fails_on_is_read_again_not_skipped(
     kafka_bootstrap: str, redis_url: str, topics: Topics, redis_client: aioredis.Redis, api: httpx.AsyncClient
 ) -> None:
