@@ -206,20 +206,13 @@ class Worker:
         batch = batch or Batch()
         peer_events, by_session, sources = self.topics.rtk_peer_events, batch.by_session, batch.sources
         for rec in records:
-            if rec.topic == peer_events:
-                # By far the most records: one fact each, straight into the batch.
-                try:
-                    ev = decode_peer_event(rec.value, rec.key)
-                except InvalidMessage as exc:
-                    batch.bad.append((rec, exc))
-                    continue
-                except Exception as exc:
-                    batch.bad.append((rec, self._decoder_failed(rec, exc)))
-                    continue
-                by_session[ev.session_id].append(ev)
-                sources[ev.session_id].append((rec, 1))
-                continue
             try:
+                if rec.topic == peer_events:
+                    # By far the most records: one fact each, straight into the batch.
+                    ev = decode_peer_event(rec.value, rec.key)
+                    by_session[ev.session_id].append(ev)
+                    sources[ev.session_id].append((rec, 1))
+                    continue
                 decoded = self._decoders[rec.topic](rec)
             except InvalidMessage as exc:
                 batch.bad.append((rec, exc))

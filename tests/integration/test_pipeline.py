@@ -38,10 +38,17 @@ HERE = Path(__file__).parent
 
 
 async def run_to_completion(
-    kafka_bootstrap: str, redis_url: str, topics: Topics, log: Log, redis: aioredis.Redis, **env: str
+    kafka_bootstrap: str,
+    redis_url: str,
+    topics: Topics,
+    log: Log,
+    redis: aioredis.Redis,
+    *,
+    headers: list[tuple[str, bytes]] | None = None,
+    **env: str,
 ) -> tuple[WorkerProcess, Offsets]:
     w = WorkerProcess(worker_env(kafka_bootstrap, redis_url, topics, **env))
-    produced = produce(kafka_bootstrap, topics, log.items)
+    produced = produce(kafka_bootstrap, topics, log.items, headers)
     group = env.get("CONSUMER_GROUP", f"{topics.prefix}workers")
     try:
         await wait_for(
@@ -192,13 +199,9 @@ async def test_records_with_headers_that_are_not_utf8_are_applied(
     # whole fetched batch before the handler saw it (service/worker.py _parse_first_only).
     log = make_log(random.Random(43), sessions=10, with_bad=False)
     expected = reference(log)
-    env = worker_env(kafka_bootstrap, redis_url, topics)
-    produced = produce(kafka_bootstrap, topics, log.items, headers=[("trace", b"\xff\xfe not utf-8")])
-    w = WorkerProcess(env)
+    headers = [("trace", b"\xff\xfe not utf-8")]
+    w, _ = await run_to_completion(kafka_bootstrap, redis_url, topics, log, redis_client, headers=headers)
     try:
-        await wait_for(
-            lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "the drain"
-        )
         await assert_state_matches(api, expected)
     finally:
         assert w.stop() == 0
