@@ -54,6 +54,9 @@ Decoded = list[Command] | PeerReport | Snapshot | RecordingUpdate | StreamIdle |
 BACKLOG_RECORDS = 2000
 # Records decoded between two yields to the event loop.
 YIELD_EVERY = 1000
+# Also at most this many bytes of values queued behind the batch in Redis: webhook bodies can
+# be up to 1 MiB each, and BATCH_MERGE_MAX_RECORDS of those would not fit a worker's memory.
+MERGE_MAX_BYTES = 64 * 1024 * 1024
 
 
 def _now_ms() -> int:
@@ -76,10 +79,12 @@ class Batch:
     ignored: list[ConsumerRecord] = field(default_factory=list)  # valid, but no state to change
     bad: list[tuple[ConsumerRecord, InvalidMessage]] = field(default_factory=list)
     consumed: Counter[str] = field(default_factory=Counter)  # records by topic
+    value_bytes: int = 0  # of the records' values
 
     def merge(self, later: Batch) -> None:
         """Append a later batch: each session's commands stay in record order."""
         self.records += later.records
+        self.value_bytes += later.value_bytes
         for sid, cmds in later.by_session.items():
             self.by_session[sid] += cmds
         for sid, src in later.sources.items():
@@ -403,7 +408,9 @@ class Worker:
                     await asyncio.wait_for(self.stopping.wait(), timeout=1.0)
                 return
             limit = self.rt.settings.batch_merge_max_records
-            while len(self.pending.records) >= limit and not self.stopping.is_set():
+            while (
+                len(self.pending.records) >= limit or self.pending.value_bytes >= MERGE_MAX_BYTES
+            ) and not self.stopping.is_set():
                 await self.settled()
                 self._launch()
 
@@ -417,6 +424,7 @@ class Worker:
             await asyncio.sleep(0)
         batch.records = list(records)
         batch.consumed.update(rec.topic for rec in records)
+        batch.value_bytes = sum(rec.serialized_value_size for rec in records)
         return batch
 
     def _launch(self) -> None:
