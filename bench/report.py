@@ -32,6 +32,16 @@ TARGET_RATE = 50_000
 TARGET_P99_MS = 100.0
 
 
+def drain_split(w: dict[str, Any]) -> tuple[float, float] | None:
+    """(events/s from the first to the last commit, seconds from the last commit to the end)."""
+    try:
+        apply_s = w["all_committed_after_s"] - w["startup_seconds"]
+        tail_s = w["seconds_with_startup"] - w["all_committed_after_s"]
+        return w["events_after_first"] / apply_s, tail_s
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
 def machine() -> dict[str, Any]:
     cpu_model = ""
     mem_kib = 0
@@ -159,6 +169,11 @@ def table(r: dict[str, Any]) -> str:
             f"summaries: {w.get('summaries_published', 0):,} messages published for"
             f" {w.get('summaries_distinct', 0):,} ended sessions (revisions included)"
         )
+        if (split := drain_split(w)) is not None:
+            out.append(
+                f"drain by phase: apply (first to last commit) {_n(split[0])} events/s,"
+                f" then {split[1]:.2f} s until every summary was read back"
+            )
         out.append(
             "CPU per event during the drain (steadier than events/s on a shared machine), µs: "
             + ", ".join(f"{k} {v}" for k, v in w.get("cpu_us_per_event", {}).items())
@@ -279,6 +294,12 @@ def markdown(r: dict[str, Any], results_file: str) -> str:
             f"- The worker published {published:,} summary messages (revisions included) for the"
             f" {distinct:,} ended sessions{why}"
         )
+        if (split := drain_split(w)) is not None:
+            lines.append(
+                f"- By phase: from the first to the last commit the worker applied {_n(split[0])}"
+                f" events/s; the last summary was read back {split[1]:.2f} s after the last commit"
+                " (`OUTBOX_QUIET_SECONDS` is the floor of that tail)."
+            )
         lines.append(
             "- CPU time per event over the drain, which other load on the machine disturbs less than"
             " events/s: "
