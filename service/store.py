@@ -330,20 +330,14 @@ class Store:
         return _session_raw(hashes[0], hashes[1], hashes[2], hashes[3] if events else {})
 
     async def read_many(self, sids: Sequence[str]) -> list[dict[str, dict[bytes, bytes]] | None]:
-        """Several sessions' hashes in one round trip.
-
-        Not a transaction (their keys live in different slots): a reader that needs one
-        session's hashes consistent checks its `ver`, as the outbox does when it commits.
-        """
-        pipe = self.redis.pipeline(transaction=False)
+        """Several sessions' hashes in one round trip: one `read.lua` call per session, so each
+        session is read atomically and comes back as one reply (not four)."""
+        calls: list[tuple[Sequence[str], Sequence[str | bytes]]] = []
         for sid in sids:
             k = C.session_keys(sid)
-            pipe.hgetall(k[0])
-            pipe.hgetall(k[2])
-            pipe.hgetall(k[5])
-            pipe.hgetall(k[3])
-        replies = await pipe.execute()
-        return [_session_raw(*replies[4 * n : 4 * n + 4]) for n in range(len(sids))]
+            calls.append(([k[0], k[2], k[5], k[3]], []))
+        replies = await self._evalsha_many(READ, calls) if calls else []
+        return [_session_raw(*(_pairs(h) for h in r)) for r in replies]
 
     async def read_view(
         self, sid: str, *, events: bool = True
