@@ -92,9 +92,9 @@ def stream_channels(summaries: DefaultPublisher) -> tuple[Channel, ...]:
     return (Channel("summary", summaries, shapes.summary_message_id, _stream_summary),)
 
 
-Loaded = tuple[Any, Mapping[bytes, bytes]]
+Loaded = tuple[Any, Mapping[bytes, bytes]]  # a session's view and the hash its revisions live in
 # A revision to commit: session, channel, `ver` read, <channel>_rev read, content hash, body.
-Commit = tuple[str, str, str, int, str, bytes]  # a session's view and the hash its revisions live in
+Commit = tuple[str, str, str, int, str, bytes]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from . import constants as C
-from .core.intervals import Totals, parse_intervals
+from .core.intervals import Totals, encode, parse_intervals
 from .core.model import Artifact, PeerEvent, PeerReport, SessionMessage, SessionView, build_view
 from .errors import StoreUnavailable
 from .metrics import REDIS_SCRIPT_SECONDS
@@ -91,7 +91,7 @@ def _items(commands: Iterable[Command]) -> list[str]:
     for c in commands:
         if type(c) is PeerEvent:  # by far the most: unpacked as the tuple it is
             _, event_id, peer_id, code, t_ms, raw_json = c
-            argv += ("P", event_id, peer_id, str(t_ms * 4 + code), raw_json)  # PeerEvent.encoded
+            argv += ("P", event_id, peer_id, str(encode(t_ms, code)), raw_json)
         elif isinstance(c, SessionMessage):
             started = "" if c.started_ms is None else str(c.started_ms)
             ended = "" if c.ended_ms is None else str(c.ended_ms)
@@ -191,16 +191,13 @@ class Store:
         async def run(sids: list[str]) -> list[Any]:
             return await self._evalsha_many(APPLY, [self.apply_call(sid, batch[sid]) for sid in sids])
 
-        if len(parts) == 1:
-            replies = [await run(parts[0])]
-        else:
-            # Every pipeline runs to its end before a failure is raised: none is left running
-            # while the caller retries the batch.
-            outcomes = await asyncio.gather(*(run(p) for p in parts), return_exceptions=True)
-            for o in outcomes:
-                if isinstance(o, BaseException):
-                    raise o
-            replies = cast(list[list[Any]], outcomes)
+        # Every pipeline runs to its end before a failure is raised: none is left running
+        # while the caller retries the batch.
+        outcomes = await asyncio.gather(*(run(p) for p in parts), return_exceptions=True)
+        for o in outcomes:
+            if isinstance(o, BaseException):
+                raise o
+        replies = cast(list[list[Any]], outcomes)
         return {
             sid: _applied(r)
             for sids, rs in zip(parts, replies, strict=True)

@@ -225,14 +225,7 @@ def _plain_peer_event(obj: dict[str, Any]) -> tuple[str, str, str, str] | None:
 
 
 def decode_peer_event(raw: bytes, key: bytes | None) -> PeerEvent:
-    # The hot path (a valid object) without the error handling of load_object, which says
-    # why a value is not one.
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        obj = load_object(raw)  # raises with the reason
-    if type(obj) is not dict:
-        obj = load_object(raw)
+    obj = load_object(raw)
     plain = _plain_peer_event(obj)
     if plain is None:
         ev: RtkPeerEventIn = _validate(RtkPeerEventIn, obj)

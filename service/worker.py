@@ -165,11 +165,7 @@ class Worker:
 
         quiet = rt.settings.outbox_quiet_seconds
         self.outbox = Outbox(
-            rt.store,
-            channels(self.summaries, self.transcripts),
-            self.stats,
-            defer=backlog,
-            quiet_s=quiet,
+            rt.store, channels(self.summaries, self.transcripts), self.stats, defer=backlog, quiet_s=quiet
         )
         self.streams = StreamStore(rt.store)
         self.stream_outbox = Outbox(

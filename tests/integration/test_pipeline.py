@@ -45,9 +45,10 @@ async def run_to_completion(
     redis: aioredis.Redis,
     *,
     headers: list[tuple[str, bytes]] | None = None,
+    script: str | None = None,
     **env: str,
 ) -> tuple[WorkerProcess, Offsets]:
-    w = WorkerProcess(worker_env(kafka_bootstrap, redis_url, topics, **env))
+    w = WorkerProcess(worker_env(kafka_bootstrap, redis_url, topics, **env), script=script)
     produced = produce(kafka_bootstrap, topics, log.items, headers)
     group = env.get("CONSUMER_GROUP", f"{topics.prefix}workers")
     try:
@@ -214,13 +215,9 @@ async def test_a_batch_the_worker_fails_on_is_read_again_not_skipped(
     # the next batch's commit and lost. The worker must read it again instead.
     log = make_log(random.Random(29), sessions=15, with_bad=False)
     expected = reference(log)
-    env = worker_env(kafka_bootstrap, redis_url, topics)
-    produced = produce(kafka_bootstrap, topics, log.items)
-    w = WorkerProcess(env, script=str(HERE / "flaky_submit.py"))
+    script = str(HERE / "flaky_submit.py")
+    w, _ = await run_to_completion(kafka_bootstrap, redis_url, topics, log, redis_client, script=script)
     try:
-        await wait_for(
-            lambda: drained(kafka_bootstrap, env["CONSUMER_GROUP"], produced, redis_client), 90, "the drain"
-        )
         assert w.log_text().count("could not be submitted; it will be read again") == 2
         await assert_state_matches(api, expected)
     finally:
