@@ -130,6 +130,10 @@ def stream_source(streams: StreamStore) -> Source:
     return Source(C.OUTBOX_STREAMS, lambda sid: C.stream_keys(sid)[0], load)
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 async def _first_of(*events: asyncio.Event, timeout_s: float) -> None:
     """Wait until one of the events is set, at most `timeout_s`."""
     waiters = [asyncio.ensure_future(e.wait()) for e in events]
@@ -170,9 +174,12 @@ class Outbox:
         self.max_defer_s = max_defer_s
         self.more = False  # the last pass left due sessions behind (a full chunk)
         # A session is taken once its change counter has stood still for quiet_s: facts that
-        # trickle in after an end then give one revision, not one per batch.
+        # trickle in after an end then give one revision, not one per batch. One that a backlog
+        # changed last is taken when the backlog ends if its newest event time is older than
+        # quiet_s by the service's clock: its facts were waiting in Kafka, not trickling in.
         self.quiet_s = quiet_s
-        self._settling: dict[str, tuple[int, float]] = {}  # session -> (counter, first seen)
+        # session -> (counter, first seen, its newest event time when a backlog changed it last)
+        self._settling: dict[str, tuple[int, float, int | None]] = {}
         # (session, counter) settling for half the quiet time or more (any, right after a
         # backlog), in queue order: built in advance
         self._waiting: list[tuple[str, int]] = []
@@ -188,15 +195,18 @@ class Outbox:
             return due
         now = time.monotonic()
         eager = now - self._backlog_ended < 2 * quiet_s
+        # Sessions a backlog changed last, with event times older than this, go once it ended
+        # (not in a pass that max_defer_s forces while it lasts).
+        old_ms = -1 if self.defer is not None and self.defer() else _now_ms() - int(quiet_s * 1000)
         ready = []
         self._waiting = []
         self.settles_in = None
         for sid, queued_at in due:
             seen = self._settling.get(sid)
             if seen is None or seen[0] != queued_at:
-                self._settling[sid] = (queued_at, now)
+                self._settling[sid] = (queued_at, now, None)
                 wait = quiet_s
-            elif now - seen[1] >= quiet_s:
+            elif now - seen[1] >= quiet_s or (seen[2] is not None and seen[2] < old_ms):
                 ready.append((sid, queued_at))
                 continue
             else:
@@ -332,22 +342,24 @@ class Outbox:
                 if not isinstance(built, Exception):  # a failure is reported when the pass builds it
                     self._prebuilt[sid] = (q, built)
 
-    def note(self, changed: Mapping[str, int]) -> None:
-        """Sessions this worker just made due, with their change counters: their settling
-        clocks start now, when they changed (while a backlog defers the outbox too), rather
-        than when a pass first sees them in the queue. Sessions changed by other workers are
-        timed from when a pass sees them."""
+    def note(self, changed: Mapping[str, tuple[int, int | None]]) -> None:
+        """Sessions this worker just made due, with their change counters and newest event
+        times: their settling clocks start now, when they changed (while a backlog defers the
+        outbox too), rather than when a pass first sees them in the queue. Sessions changed by
+        other workers are timed from when a pass sees them. Called while a backlog defers the
+        outbox, the event times let old sessions go as soon as it ends (see `quiet_s`)."""
         if self.quiet_s <= 0:
             return
         now = time.monotonic()
+        backlog = self.defer is not None and self.defer()
         settling = self._settling
         if len(settling) > SETTLING_LIMIT:
             # Bounded: a session forgotten here is timed again from when a pass sees it.
             settling.clear()
-        for sid, ver in changed.items():
+        for sid, (ver, newest_ms) in changed.items():
             seen = settling.get(sid)
             if seen is None or seen[0] != ver:
-                settling[sid] = (ver, now)
+                settling[sid] = (ver, now, newest_ms if backlog else None)
 
     async def _publish_all(
         self, sends: Sequence[tuple[str, Channel, int, bytes, bool]]
@@ -422,8 +434,8 @@ class Outbox:
                 if self.more:
                     await asyncio.sleep(0)  # let a batch in, then the next chunk
                     continue
-                if not n and self.settles_in is not None:
-                    # Sessions still settling, nothing ready: a wake (a batch made sessions
+                if self.settles_in is not None:
+                    # Sessions still settling, none of them ready: a wake (a batch made sessions
                     # due) cannot make one ready sooner than this, and a pass per batch would
                     # read the whole settling window again each time. Meanwhile their
                     # messages are built, so that settling is all that is left to wait for.

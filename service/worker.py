@@ -293,7 +293,7 @@ class Worker:
             await self.dead_letter(batch.bad)
         due = await store.update_indexes(results)
         if due:
-            self.outbox.note({sid: results[sid].ver for sid in due})
+            self.outbox.note({sid: (results[sid].ver, results[sid].last_ms) for sid in due})
             self.outbox.wake.set()
 
     async def process_streams(self, batch: Batch) -> None:

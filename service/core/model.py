@@ -7,7 +7,8 @@ compare Redis against.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -176,18 +177,21 @@ def _may_have_details(raw: str) -> bool:
     )
 
 
-def _newest_details(events: Mapping[int, str]) -> dict[str, Any]:
+def _newest_details(encoded: Sequence[int], events: Mapping[int, str]) -> dict[str, Any]:
     """Each detail from the newest applied event that carries it; equal times ordered by value.
+    ``encoded`` lists the applied events' keys in ``events``, in ascending order.
 
     Per field, so that a webhook-derived event (display name only) does not hide the
     user id a topic event carried.
     """
     best: dict[str, tuple[int, Any]] = {}
     # Newest first, so that once every field is found no older event can change it (this
-    # runs for every stored event of a summary).
-    for enc in sorted(events, reverse=True):
+    # runs for every stored event of a summary): the event that completes the set is the
+    # oldest of the found ones, so only events of its time can still matter.
+    stop = -1
+    for enc in reversed(encoded):
         t = enc >> 2  # decode(enc)[0], inlined
-        if len(best) == len(DETAIL_FIELDS) and all(t < found for found, _ in best.values()):
+        if t < stop:
             break
         raw = events[enc]
         if not _may_have_details(raw):
@@ -200,6 +204,8 @@ def _newest_details(events: Mapping[int, str]) -> dict[str, Any]:
             cur = best.get(name)
             if cur is None or t > cur[0] or (t == cur[0] and _order(value) > _order(cur[1])):
                 best[name] = (t, value)
+        if stop < 0 and len(best) == len(DETAIL_FIELDS):
+            stop = t
     return {name: best[name][1] for name in DETAIL_FIELDS if name in best}
 
 
@@ -232,22 +238,20 @@ def build_view(
     # Stored intervals list exactly the participant rows; without them, a peer is a row
     # when at least one of its events was applied (none after the end).
     peer_ids = stored_intervals.keys() if stored_intervals is not None else stored_events.keys()
+    no_events: Mapping[int, str] = {}
     for peer_id in peer_ids:
-        events = stored_events.get(peer_id, {})
-        # e >> 2 is decode(e)[0], inlined: this runs for every stored event of a summary.
-        applied = events if ended_ms is None else {e: raw for e, raw in events.items() if e >> 2 <= ended_ms}
-        if stored_intervals is None and not applied:
+        events = stored_events.get(peer_id, no_events)
+        encoded = sorted(events)
+        if ended_ms is not None and encoded and encoded[-1] >> 2 > ended_ms:
+            # Events after the end are kept but not applied: every encoding of a time up to
+            # ended_ms is below encode(ended_ms + 1, 0).
+            encoded = encoded[: bisect_left(encoded, encode(ended_ms + 1, 0))]
+        if stored_intervals is None and not encoded:
             continue
-        encoded = sorted(applied)
         intervals = (
             stored_intervals[peer_id] if stored_intervals is not None else peer_intervals(encoded, ended_ms)
         )
-        peers[peer_id] = PeerView(
-            peer_id=peer_id,
-            intervals=intervals,
-            events=encoded,
-            details=_newest_details(applied),
-        )
+        peers[peer_id] = PeerView(peer_id, intervals, encoded, _newest_details(encoded, events))
     if started_ms is None:
         raise ValueError(f"session {session_id!r} has no start: no session message and no event")
     return SessionView(

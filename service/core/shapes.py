@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .intervals import MS_PER_MINUTE, connected_ms
 from .model import PeerView, SessionView
 from .timeutil import iso_ms, iso_or_none, parse_iso_ms
 
@@ -123,19 +124,23 @@ def session_summary(view: SessionView, now_ms: int) -> dict[str, Any]:
     end = view.ended_ms if view.ended_ms is not None else now_ms
     meta = view.meta
     participants = []
+    total_ms = 0  # minutes_consumed, summed once with the participants (view.minutes_at(end))
     for peer in participants_in_order(view):
         left = peer.left_ms if peer.left_ms is not None or view.ended_ms is not None else None
         if left is None and peer.intervals and view.ended_ms is None:
             left = now_ms  # the report of a live session closes open intervals now
+        details = peer.details
+        connected = connected_ms(peer.intervals, end)
+        total_ms += connected
         participants.append(
             {
                 "id": peer.peer_id,
-                "user_id": peer.details.get("user_id"),
-                "custom_participant_id": peer.details.get("custom_participant_id"),
-                "display_name": peer.details.get("display_name"),
+                "user_id": details.get("user_id"),
+                "custom_participant_id": details.get("custom_participant_id"),
+                "display_name": details.get("display_name"),
                 "joined_at": iso_or_none(peer.joined_ms),
                 "left_at": iso_or_none(left),
-                "duration": peer.duration_minutes(end),
+                "duration": connected / MS_PER_MINUTE,  # peer.duration_minutes(end)
             }
         )
     return {
@@ -151,7 +156,7 @@ def session_summary(view: SessionView, now_ms: int) -> dict[str, Any]:
         "end_reason": view.end_reason,
         "participants_total": len(view.peers),
         "max_concurrent_participants": view.totals.peak,
-        "minutes_consumed": view.minutes_at(end),
+        "minutes_consumed": total_ms / MS_PER_MINUTE,
         "participants": participants,
         **artifact_fields(view.artifacts),
     }

@@ -24,9 +24,18 @@ def parse_iso_ms(text: str) -> int:
 
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds to ISO-8601 UTC with milliseconds and a `Z`."""
-    # Naive UTC arithmetic and isoformat(): about half the cost of strftime, and summaries
-    # format two times per participant.
-    return (_EPOCH_NAIVE + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds") + "Z"
+    # Summaries format two times per participant: the date and hour come from a small cache
+    # (times cluster in a few hours), the rest from integer arithmetic. Half the cost of
+    # datetime.isoformat, a quarter of strftime's.
+    hour, rest = divmod(ms, _HOUR_MS)
+    prefix = _hour_prefixes.get(hour)
+    if prefix is None:
+        if len(_hour_prefixes) >= _HOUR_PREFIXES_MAX:
+            _hour_prefixes.clear()
+        prefix = _hour_prefixes[hour] = (_EPOCH_NAIVE + timedelta(hours=hour)).isoformat()[:14]
+    minute, rest = divmod(rest, 60_000)
+    second, milli = divmod(rest, 1000)
+    return f"{prefix}{minute:02d}:{second:02d}.{milli:03d}Z"
 
 
 def iso_or_none(ms: int | None) -> str | None:
@@ -35,3 +44,6 @@ def iso_or_none(ms: int | None) -> str | None:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
+_HOUR_MS = 3_600_000
+_HOUR_PREFIXES_MAX = 10_000
+_hour_prefixes: dict[int, str] = {}  # hours since the epoch -> "YYYY-MM-DDTHH:"

@@ -254,6 +254,23 @@ def test_participant_details_from_the_newest_event_carrying_details() -> None:
         assert obj["preset_name"] == "host"
 
 
+def test_details_come_from_events_up_to_the_end_and_not_after_it() -> None:
+    """An event at the session's end time is applied (a leave and a join at that time alike);
+    one a millisecond after it is kept but not applied, so its details do not count."""
+    events = [
+        session_message("ENDED", updated=101, ended=100),
+        join("p1", 10, display_name="Early", user_id="u-early"),
+        leave("p1", 100, display_name="At the end"),
+        join("p2", 100, display_name="Joined at the end"),
+        join("p1", 100.001, display_name="After", user_id="u-after"),
+    ]
+    for order in (events, events[::-1]):
+        view = session_of(order).view()
+        assert view.peers["p1"].details == {"display_name": "At the end", "user_id": "u-early"}
+        assert view.peers["p2"].details == {"display_name": "Joined at the end"}
+        assert [p["id"] for p in shapes.session_summary(view, t(1_000))["participants"]] == ["p1", "p2"]
+
+
 def test_participant_without_details_has_null_details() -> None:
     obj = shapes.participant_object(session_of([join("p1", 0)]).view().peers["p1"], t(20))
     assert obj["display_name"] is None

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core.timeutil import TimestampError, iso_ms, iso_or_none, parse_iso_ms
+from service.core.timeutil import (
+    _HOUR_PREFIXES_MAX,
+    TimestampError,
+    _hour_prefixes,
+    iso_ms,
+    iso_or_none,
+    parse_iso_ms,
+)
 
 from .rtk_factory import ISO_MS_Z
 
@@ -130,3 +137,10 @@ def test_parse_matches_an_independent_oracle(local: datetime, tz: timezone) -> N
     expected = calendar.timegm(dt.astimezone(UTC).utctimetuple()) * 1000 + dt.microsecond // 1000
     assert parse_iso_ms(dt.isoformat()) == expected
     assert parse_iso_ms(dt.isoformat(timespec="milliseconds")) == expected
+
+
+def test_iso_ms_hour_cache_stays_bounded() -> None:
+    for hour in range(_HOUR_PREFIXES_MAX + 5):
+        expected = datetime(1970, 1, 1) + timedelta(hours=hour, milliseconds=1)
+        assert iso_ms(hour * 3_600_000 + 1) == expected.isoformat(timespec="milliseconds") + "Z"
+    assert len(_hour_prefixes) <= _HOUR_PREFIXES_MAX
