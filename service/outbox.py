@@ -434,8 +434,8 @@ class Outbox:
                 if self.more:
                     await asyncio.sleep(0)  # let a batch in, then the next chunk
                     continue
-                if self.settles_in is not None:
-                    # Sessions still settling, none of them ready: a wake (a batch made sessions
+                if not n and self.settles_in is not None:
+                    # Sessions still settling, nothing ready: a wake (a batch made sessions
                     # due) cannot make one ready sooner than this, and a pass per batch would
                     # read the whole settling window again each time. Meanwhile their
                     # messages are built, so that settling is all that is left to wait for.
