@@ -157,6 +157,7 @@ class Outbox:
         source: Source | None = None,
         chunk: int = 500,
         defer: Callable[[], bool] | None = None,
+        applied_all: Callable[[], bool] | None = None,
         max_defer_s: float = 10.0,
         quiet_s: float = 0.0,
     ) -> None:
@@ -175,9 +176,11 @@ class Outbox:
         self.more = False  # the last pass left due sessions behind (a full chunk)
         # A session is taken once its change counter has stood still for quiet_s: facts that
         # trickle in after an end then give one revision, not one per batch. One that a backlog
-        # changed last is taken when the backlog ends if its newest event time is older than
-        # quiet_s by the service's clock: its facts were waiting in Kafka, not trickling in.
+        # changed last is taken at once when its newest event time is older than quiet_s by
+        # the service's clock and `applied_all()` says the worker has applied everything there
+        # was to fetch: its facts were waiting in Kafka, not trickling in, and are all in.
         self.quiet_s = quiet_s
+        self.applied_all = applied_all
         # session -> (counter, first seen, its newest event time when a backlog changed it last)
         self._settling: dict[str, tuple[int, float, int | None]] = {}
         # (session, counter) settling for half the quiet time or more (any, right after a
@@ -195,9 +198,13 @@ class Outbox:
             return due
         now = time.monotonic()
         eager = now - self._backlog_ended < 2 * quiet_s
-        # Sessions a backlog changed last, with event times older than this, go once it ended
-        # (not in a pass that max_defer_s forces while it lasts).
-        old_ms = -1 if self.defer is not None and self.defer() else _now_ms() - int(quiet_s * 1000)
+        # Sessions a backlog changed last, with event times older than this, go once all of it
+        # is applied (not in a pass that max_defer_s forces while it lasts, nor while its last
+        # records are still on their way to Redis).
+        backlog_done = (self.defer is None or not self.defer()) and (
+            self.applied_all is None or self.applied_all()
+        )
+        old_ms = _now_ms() - int(quiet_s * 1000) if backlog_done else -1
         ready = []
         self._waiting = []
         self.settles_in = None

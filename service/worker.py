@@ -165,7 +165,12 @@ class Worker:
 
         quiet = rt.settings.outbox_quiet_seconds
         self.outbox = Outbox(
-            rt.store, channels(self.summaries, self.transcripts), self.stats, defer=backlog, quiet_s=quiet
+            rt.store,
+            channels(self.summaries, self.transcripts),
+            self.stats,
+            defer=backlog,
+            applied_all=self.applied_all,
+            quiet_s=quiet,
         )
         self.streams = StreamStore(rt.store)
         self.stream_outbox = Outbox(
@@ -174,6 +179,7 @@ class Worker:
             self.stats,
             source=stream_source(self.streams),
             defer=backlog,
+            applied_all=self.applied_all,
             quiet_s=quiet,
         )
         self.consumer: Any = None  # the aiokafka consumer, once FastStream has started it
@@ -185,6 +191,7 @@ class Worker:
         self.committing: asyncio.Task[None] | None = None  # the last offset commit sent, if any
         self.last_batch_full = False
         self.behind = False  # the last batch left a backlog behind it (see submit)
+        self.fetch_lag = 0  # records left on the broker after the last fetch (this worker's partitions)
         # Every inbound topic is keyed by session id and has the same partition count.
         self._decoders: dict[str, Callable[[ConsumerRecord], Decoded]] = {
             self.topics.rtk_sessions: lambda r: [decode_session(r.value)],
@@ -390,7 +397,8 @@ class Worker:
                     return  # partitions were rewound meanwhile: these records will be read again
                 self.last_batch_full = len(records) >= self.rt.settings.batch_max_records
                 self.pending.merge(batch)
-                self.behind = self.last_batch_full or await self.lag() >= BACKLOG_RECORDS
+                self.fetch_lag = await self.lag()
+                self.behind = self.last_batch_full or self.fetch_lag >= BACKLOG_RECORDS
                 self._launch()
             except Exception:
                 # A bug, not bad input (decode() catches that per record): this batch must not
@@ -448,6 +456,16 @@ class Worker:
             self.pending = Batch()
             self.generation += 1
         self._launch()
+
+    def applied_all(self) -> bool:
+        """Whether everything fetched is in Redis and the last fetch left nothing on the broker:
+        no more facts of a backlog are on their way (the outbox's settling rule)."""
+        return (
+            not self.queued_records()
+            and not self.unmerged
+            and not self.last_batch_full
+            and self.fetch_lag == 0
+        )
 
     def queued_records(self) -> int:
         """Records fetched and not yet applied: queued, or in the batch being applied."""

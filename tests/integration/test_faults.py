@@ -230,27 +230,29 @@ async def test_a_session_settles_before_its_summary_is_built(redis_client: aiore
 async def test_sessions_a_backlog_changed_go_when_it_ends_unless_their_events_are_recent(
     redis_client: aioredis.Redis,
 ) -> None:
-    """Facts that waited in Kafka are not trickling in: once the backlog ends, a session whose
-    newest event time is older than the quiet time is published without waiting it out. One
-    with recent event times (live traffic caught in the backlog) still waits, and nothing goes
-    while the backlog lasts, not even in a pass forced by max_defer_s."""
+    """Facts that waited in Kafka are not trickling in: once a backlog is over and all of it is
+    applied, a session it changed last whose newest event time is older than the quiet time is
+    published without waiting it out. Nothing goes early while the backlog lasts (not even in
+    a pass forced by max_defer_s) or while its last records are on their way to Redis; a
+    session with recent event times, or changed outside a backlog, waits the quiet time."""
     store = Store(redis_client, retention_ms=60_000)
     await store.load_scripts()
     publisher = RecordingPublisher()
-    in_backlog = True
+    in_backlog, all_applied = True, False
     outbox = Outbox(
         store,
         channels(publisher, publisher),  # type: ignore[arg-type]
         Stats(),
         quiet_s=0.5,
         defer=lambda: in_backlog,
+        applied_all=lambda: all_applied,
     )
-    now = int(time.time() * 1000)
-    old, recent = "outbox-backlog-old", "outbox-backlog-recent"
+    future = int(time.time() * 1000) + 3_600_000  # recent however slow the machine: never old
+    old, recent, live = "outbox-backlog-old", "outbox-backlog-recent", "outbox-backlog-live"
     results = await store.apply(
         {
             old: [_join(old, "a", 1_000), _ended(old, 60_000)],
-            recent: [_join(recent, "a", now - 2_000), _ended(recent, now - 100)],
+            recent: [_join(recent, "a", future - 2_000), _ended(recent, future)],
         }
     )
     outbox.note(
@@ -258,11 +260,19 @@ async def test_sessions_a_backlog_changed_go_when_it_ends_unless_their_events_ar
     )
     assert await outbox.drain_once() == 0, "nothing settles early while the backlog lasts"
     in_backlog = False
+    assert await outbox.drain_once() == 0, "nor while its last records are still being applied"
+    all_applied = True
+    # Changed outside a backlog: timed by the quiet time alone, however old its events.
+    changed = await store.apply({live: [_join(live, "a", 1_000), _ended(live, 60_000)]})
+    outbox.note(
+        {sid: (changed[sid].ver, changed[sid].last_ms) for sid in await store.update_indexes(changed)}
+    )
+    assert outbox._settling[live][2] is None
     assert await outbox.drain_once() == 1
     assert [orjson.loads(b)["session_id"] for b in publisher.sent] == [old]
-    await asyncio.sleep(0.55)
-    assert await outbox.drain_once() == 1
-    assert [orjson.loads(b)["session_id"] for b in publisher.sent] == [old, recent]
+    await asyncio.sleep(0.6)
+    assert await outbox.drain_once() == 2
+    assert sorted(orjson.loads(b)["session_id"] for b in publisher.sent[1:]) == [live, recent]
     assert await store.outbox_due(10) == []
 
 

@@ -256,19 +256,25 @@ def test_participant_details_from_the_newest_event_carrying_details() -> None:
 
 def test_details_come_from_events_up_to_the_end_and_not_after_it() -> None:
     """An event at the session's end time is applied (a leave and a join at that time alike);
-    one a millisecond after it is kept but not applied, so its details do not count."""
+    one a millisecond after it is kept but not applied, whatever its kind (PEER_CREATED has
+    the lowest code), so its details do not count. Two details of one time: the greater."""
     events = [
         session_message("ENDED", updated=101, ended=100),
         join("p1", 10, display_name="Early", user_id="u-early"),
         leave("p1", 100, display_name="At the end"),
         join("p2", 100, display_name="Joined at the end"),
+        created("p1", 100.001, display_name="Created after", user_id="u-created-after"),
         join("p1", 100.001, display_name="After", user_id="u-after"),
+        join("p3", 50, display_name="Bea"),
+        leave("p3", 50, display_name="Ann"),
     ]
     for order in (events, events[::-1]):
         view = session_of(order).view()
         assert view.peers["p1"].details == {"display_name": "At the end", "user_id": "u-early"}
         assert view.peers["p2"].details == {"display_name": "Joined at the end"}
-        assert [p["id"] for p in shapes.session_summary(view, t(1_000))["participants"]] == ["p1", "p2"]
+        assert view.peers["p3"].details == {"display_name": "Bea"}
+        summary = shapes.session_summary(view, t(1_000))
+        assert [p["id"] for p in summary["participants"]] == ["p1", "p3", "p2"]
 
 
 def test_participant_without_details_has_null_details() -> None:
