@@ -354,7 +354,7 @@ class Outbox:
         times: their settling clocks start now, when they changed (while a backlog defers the
         outbox too), rather than when a pass first sees them in the queue. Sessions changed by
         other workers are timed from when a pass sees them. Called while a backlog defers the
-        outbox, the event times let old sessions go as soon as it ends (see `quiet_s`)."""
+        outbox, the event times let old sessions go once all of it is applied (see `quiet_s`)."""
         if self.quiet_s <= 0:
             return
         now = time.monotonic()
