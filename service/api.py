@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
@@ -24,7 +23,7 @@ from .asyncapi import document as asyncapi_document
 from .core import shapes
 from .core.model import PeerView, SessionView
 from .core.streams import StreamView, stream_session_object, stream_summary
-from .core.timeutil import iso_ms, parse_iso_ms
+from .core.timeutil import iso_ms, now_ms, parse_iso_ms
 from .intake import install_intake
 from .outbox import content_hash
 from .runtime import Runtime, build_runtime, configure_logging
@@ -96,10 +95,6 @@ def _paging(total: int, page_no: int, per_page: int, count: int) -> dict[str, in
 
 def _not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _iso_param(name: str, value: str | None) -> int | None:
@@ -298,7 +293,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         start = (page_no - 1) * per_page
         page = ids[start : start + per_page]
         raws = await asyncio.gather(*(store.read_raw(sid, events=False) for sid in page))
-        now = _now_ms()
+        now = now_ms()
         sessions = [
             shapes.session_object(view_from_raw(sid, raw), now)
             for sid, raw in zip(page, raws, strict=True)
@@ -319,7 +314,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
             raise _not_found("peer report") from None
         peer = view.peers.get(peer_id)
         obj: dict[str, Any] = (
-            shapes.participant_object(peer, _now_ms()) if peer is not None else {"id": peer_id}
+            shapes.participant_object(peer, now_ms()) if peer is not None else {"id": peer_id}
         )
         obj["peer_events"] = _peer_events(peer, events) if peer is not None else []
         obj["session_id"] = session_id
@@ -329,7 +324,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
     @app.get("/v1/sessions/{session_id}", tags=["sessions"])
     async def get_session(session_id: str, org: str = org_dep) -> JSON:
         view, _, _ = await load(session_id, org)
-        return _ok(shapes.session_object(view, _now_ms()))
+        return _ok(shapes.session_object(view, now_ms()))
 
     @app.get("/v1/sessions/{session_id}/participants", tags=["participants"])
     async def list_participants(
@@ -343,7 +338,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         ordered = shapes.participants_in_order(view)
         start = (page_no - 1) * per_page
         page = ordered[start : start + per_page]
-        now = _now_ms()
+        now = now_ms()
         out = [shapes.participant_object(p, now) for p in page]
         if include_peer_events:
             for obj, peer in zip(out, page, strict=True):
@@ -358,7 +353,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         peer = view.peers.get(participant_id)
         if peer is None:
             raise _not_found("participant")
-        obj = shapes.participant_object(peer, _now_ms())
+        obj = shapes.participant_object(peer, now_ms())
         if include_peer_events:
             obj["peer_events"] = _peer_events(peer, events)
         return _ok({"participant": obj})
@@ -408,7 +403,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
             "session_id": session_id,
             "meeting_id": view.meta.get("associated_id"),
             "organization_id": view.meta.get("organization_id"),
-            "requested_at": iso_ms(_now_ms()),
+            "requested_at": iso_ms(now_ms()),
         }
 
         try:
@@ -456,7 +451,7 @@ def create_app(rt: Runtime | None = None) -> FastAPI:
         got = await store.read_view(session_id)
         if got is not None and (org == "*" or got[0].meta.get("organization_id") == org):
             view, raw, _ = got
-            content, ended = shapes.session_summary(view, _now_ms()), view.status == "ENDED"
+            content, ended = shapes.session_summary(view, now_ms()), view.status == "ENDED"
         else:
             stream = await streams.read(session_id)
             if stream is None or not visible(stream[0], org):

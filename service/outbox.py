@@ -20,6 +20,7 @@ from . import constants as C
 from .core import shapes
 from .core.model import SessionView
 from .core.streams import StreamView, stream_summary
+from .core.timeutil import now_ms
 from .errors import StoreUnavailable
 from .stats import Stats
 from .store import StateKey, Store, events_by_peer, rtk_state_key, view_from_raw
@@ -130,10 +131,6 @@ def stream_source(streams: StreamStore) -> Source:
     return Source(C.OUTBOX_STREAMS, lambda sid: C.stream_keys(sid)[0], load)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 async def _first_of(*events: asyncio.Event, timeout_s: float) -> None:
     """Wait until one of the events is set, at most `timeout_s`."""
     waiters = [asyncio.ensure_future(e.wait()) for e in events]
@@ -204,7 +201,7 @@ class Outbox:
         backlog_done = (self.defer is None or not self.defer()) and (
             self.applied_all is None or self.applied_all()
         )
-        old_ms = _now_ms() - int(quiet_s * 1000) if backlog_done else -1
+        old_ms = now_ms() - int(quiet_s * 1000) if backlog_done else -1
         ready = []
         self._waiting = []
         self.settles_in = None

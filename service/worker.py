@@ -35,6 +35,7 @@ from . import constants as C
 from . import metrics
 from .core.model import PeerReport
 from .core.streams import RecordingUpdate, Snapshot, StreamCommand, StreamIdle
+from .core.timeutil import now_ms
 from .errors import InvalidMessage, StoreUnavailable
 from .livepeer import decode_livepeer_webhook, decode_snapshot
 from .outbox import Outbox, channels, stream_channels, stream_source
@@ -57,10 +58,6 @@ YIELD_EVERY = 1000
 # Also at most this many bytes of values queued behind the batch in Redis: webhook bodies can
 # be up to 1 MiB each, and BATCH_MERGE_MAX_RECORDS of those would not fit a worker's memory.
 MERGE_MAX_BYTES = 64 * 1024 * 1024
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -405,9 +402,7 @@ class Worker:
                 # be skipped, or the next batch's commit would cover it. Read it again, and the
                 # records queued before it too (they may have been merged with it only in part).
                 log.exception("batch of %d could not be submitted; it will be read again", len(records))
-                self.rewind([*self.pending.records, *records])
-                self.pending = Batch()
-                self.generation += 1
+                self._read_again(records)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), timeout=1.0)
                 return
@@ -452,10 +447,16 @@ class Worker:
         records queued behind it are read again rather than covered by the next commit."""
         if task.cancelled() or task.exception() is not None:
             log.error("a batch of %d ended without its commit; it will be read again", len(records))
-            self.rewind([*records, *self.pending.records])
-            self.pending = Batch()
-            self.generation += 1
+            self._read_again(records)
         self._launch()
+
+    def _read_again(self, records: Sequence[ConsumerRecord]) -> None:
+        """Give up these records and every record queued behind them (they may be merged with
+        them): rewind to the first of each partition, so that no later commit covers them, and
+        drop a decode in progress."""
+        self.rewind([*records, *self.pending.records])
+        self.pending = Batch()
+        self.generation += 1
 
     def applied_all(self) -> bool:
         """Whether everything fetched is in Redis and the last fetch left nothing on the broker:
@@ -501,9 +502,7 @@ class Worker:
         else:
             # Given up at shutdown: so are the records queued behind it, which a later commit
             # would otherwise cover.
-            self.rewind([*records, *self.pending.records])
-            self.pending = Batch()
-            self.generation += 1
+            self._read_again(records)
 
     async def handle(self, records: Sequence[ConsumerRecord], batch: Batch) -> bool:
         """Process a batch until it succeeds; False if the worker is stopping first (no commit)."""
@@ -629,16 +628,12 @@ class Worker:
         s = self.rt.settings
         ended = 0
         async with self.batch_lock:
-            if (
-                (self.in_flight is not None and not self.in_flight.done())
-                or self.pending.records
-                or self.unmerged
-            ):
+            if self.queued_records() or self.unmerged:
                 return 0  # a batch is still on its way to Redis
             if not await self.caught_up():
                 return 0
             assignment = set(self.consumer.assignment())
-            now = _now_ms()
+            now = now_ms()
             offset = 0
             for _ in range(max_pages):
                 ids = await self.rt.store.idle_candidates(now - s.idle_timeout_ms, 500, offset)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 
@@ -36,6 +37,11 @@ def iso_ms(ms: int) -> str:
     minute, rest = divmod(rest, 60_000)
     second, milli = divmod(rest, 1000)
     return f"{prefix}{minute:02d}:{second:02d}.{milli:03d}Z"
+
+
+def now_ms() -> int:
+    """The service's clock, in epoch milliseconds."""
+    return int(time.time() * 1000)
 
 
 def iso_or_none(ms: int | None) -> str | None:

@@ -19,7 +19,7 @@ from service.constants import Topics
 from service.core.model import Artifact, PeerEvent, SessionMessage
 from service.outbox import Outbox, Source, channels
 from service.stats import Stats
-from service.store import Store
+from service.store import Command, Store
 
 from .harness import (
     WorkerProcess,
@@ -78,6 +78,15 @@ def _ended(sid: str, ended_ms: int) -> SessionMessage:
 
 def _join(sid: str, peer: str, t: int) -> PeerEvent:
     return PeerEvent(sid, f"{peer}-{t}", peer, 2, t, orjson.dumps({"peer_id": peer}).decode())
+
+
+async def _apply_and_note(store: Store, outbox: Outbox, batch: dict[str, list[Command]]) -> None:
+    """What the worker's batch path does: apply, bring the indexes in line, and tell the outbox
+    which sessions it made due (their change counters and newest event times)."""
+    results = await store.apply(batch)
+    outbox.note(
+        {sid: (results[sid].ver, results[sid].last_ms) for sid in await store.update_indexes(results)}
+    )
 
 
 class RecordingPublisher:
@@ -249,24 +258,20 @@ async def test_sessions_a_backlog_changed_go_when_it_ends_unless_their_events_ar
     )
     future = int(time.time() * 1000) + 3_600_000  # recent however slow the machine: never old
     old, recent, live = "outbox-backlog-old", "outbox-backlog-recent", "outbox-backlog-live"
-    results = await store.apply(
+    await _apply_and_note(
+        store,
+        outbox,
         {
             old: [_join(old, "a", 1_000), _ended(old, 60_000)],
             recent: [_join(recent, "a", future - 2_000), _ended(recent, future)],
-        }
-    )
-    outbox.note(
-        {sid: (results[sid].ver, results[sid].last_ms) for sid in await store.update_indexes(results)}
+        },
     )
     assert await outbox.drain_once() == 0, "nothing settles early while the backlog lasts"
     in_backlog = False
     assert await outbox.drain_once() == 0, "nor while its last records are still being applied"
     all_applied = True
     # Changed outside a backlog: timed by the quiet time alone, however old its events.
-    changed = await store.apply({live: [_join(live, "a", 1_000), _ended(live, 60_000)]})
-    outbox.note(
-        {sid: (changed[sid].ver, changed[sid].last_ms) for sid in await store.update_indexes(changed)}
-    )
+    await _apply_and_note(store, outbox, {live: [_join(live, "a", 1_000), _ended(live, 60_000)]})
     assert outbox._settling[live][2] is None
     assert await outbox.drain_once() == 1
     assert [orjson.loads(b)["session_id"] for b in publisher.sent] == [old]
@@ -284,12 +289,9 @@ async def test_a_message_built_in_advance_is_used_only_while_the_session_is_unch
     publisher = RecordingPublisher()
     outbox = Outbox(store, channels(publisher, publisher), Stats(), quiet_s=0.3)  # type: ignore[arg-type]
     still, moved = "outbox-prebuilt-still", "outbox-prebuilt-moved"
-    results = await store.apply(
-        {sid: [_join(sid, "a", 1_000), _ended(sid, 60_000)] for sid in (still, moved)}
+    await _apply_and_note(
+        store, outbox, {sid: [_join(sid, "a", 1_000), _ended(sid, 60_000)] for sid in (still, moved)}
     )
-    due = await store.update_indexes(results)
-    # The worker's batch path does this.
-    outbox.note({sid: (results[sid].ver, results[sid].last_ms) for sid in due})
     await asyncio.sleep(0.2)  # past half the quiet time: worth building in advance
     assert await outbox.drain_once() == 0
     await outbox.prebuild()
@@ -300,8 +302,7 @@ async def test_a_message_built_in_advance_is_used_only_while_the_session_is_unch
         source.outbox_key, source.state_key, lambda sids: (loaded.extend(sids), source.load(sids))[1]
     )
     # A late fact changes one of them after its message was built (its quiet time starts again).
-    late = await store.apply({moved: [_join(moved, "b", 2_000)]})
-    outbox.note({sid: (late[sid].ver, late[sid].last_ms) for sid in await store.update_indexes(late)})
+    await _apply_and_note(store, outbox, {moved: [_join(moved, "b", 2_000)]})
     await asyncio.sleep(0.35)
     for _ in range(3):
         await outbox.drain_once()
