@@ -47,21 +47,43 @@ def test_scripts_equal_the_reference(
     loop: asyncio.AbstractEventLoop, redis_url: str, data: st.DataObject, log: list, now_s: int
 ) -> None:
     sid = f"prop-{uuid.uuid4()}"
+    log = _with_session_id(log, sid)
+    delivered = data.draw(redeliveries(log))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(delivered)), max_size=5)))
+    batches = [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)], strict=True) if b > a]
+
+    _assert_scripts_equal_the_reference(loop, redis_url, sid, batches, now_s)
+
+
+def _with_session_id(log: list[Any], sid: str) -> list[Any]:
     # Peer events are named tuples, the other commands dataclasses.
-    log = [
+    return [
         item._replace(session_id=sid)
         if isinstance(item, PeerEvent)
         else dataclasses.replace(item, session_id=sid)
         for item in log
     ]
-    delivered = data.draw(redeliveries(log))
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(delivered)), max_size=5)))
-    batches = [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)], strict=True) if b > a]
 
+
+_TOTALS = (
+    "max_concurrent_participants",
+    "participants_total",
+    "open_count",
+    "closed_ms",
+    "open_start_sum",
+    "live_participants",
+)
+
+
+def _assert_scripts_equal_the_reference(
+    loop: asyncio.AbstractEventLoop, redis_url: str, sid: str, batches: list[list[Any]], now_s: int
+) -> None:
+    """Apply `batches` one script call each; the state and each item's letter equal the reference's."""
+    delivered = [item for batch in batches for item in batch]
     expected = ReferenceSession(sid)
     outcomes = [apply(expected, item) for item in delivered]
 
-    async def run() -> tuple[object, str]:
+    async def run() -> tuple[object, dict[bytes, bytes], str]:
         redis = Redis.from_url(redis_url)
         try:
             store = Store(redis, retention_ms=3_600_000)
@@ -72,16 +94,49 @@ def test_scripts_equal_the_reference(
             got = await store.read_view(sid)
             assert got is not None
             await redis.delete(*C.session_keys(sid))
-            return got[0], letters
+            return got[0], got[1], letters
         finally:
             await redis.aclose()
 
-    view, letters = loop.run_until_complete(run())
-    now_ms = expected.view().started_ms + now_s * 1000
-    assert snapshot(view, now_ms) == snapshot(expected.view(), now_ms)
+    view, fields, letters = loop.run_until_complete(run())
+    want = expected.view()
+    now_ms = want.started_ms + now_s * 1000
+    assert snapshot(view, now_ms) == snapshot(want, now_ms)
+    if any(isinstance(item, PeerEvent) for item in delivered):
+        # The stored numbers other services read straight from the hash (docs/redis-keys.md).
+        stored = {k.decode(): v.decode() for k, v in fields.items()}
+        assert {f: int(stored[f]) for f in _TOTALS} == {
+            "max_concurrent_participants": want.totals.peak,
+            "participants_total": len(want.peers),
+            "open_count": want.totals.open_count,
+            "closed_ms": want.totals.closed_ms,
+            "open_start_sum": want.totals.open_start_sum,
+            "live_participants": want.live_participants(),
+        }
     # Each message is classified as the reference does: applied (A, or L after the end) or duplicate (D).
     assert len(letters) == len(delivered)
     assert [("duplicate" if c == "D" else "applied") for c in letters] == outcomes
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), log=event_logs(), now_s=SECONDS)
+def test_scripts_equal_the_reference_for_facts_in_time_order_one_per_call(
+    loop: asyncio.AbstractEventLoop, redis_url: str, data: st.DataObject, log: list, now_s: int
+) -> None:
+    # Live traffic: one fact per call, mostly in time order (ties in log order), a few facts late
+    # or twice. The random cuts of the test above rarely give one call per fact in this order.
+    sid = f"prop-{uuid.uuid4()}"
+    ordered = sorted(
+        _with_session_id(log, sid), key=lambda i: i.t_ms if isinstance(i, PeerEvent) else i.updated_ms
+    )
+    late = data.draw(st.lists(st.integers(0, len(ordered) - 1), max_size=3, unique=True))
+    delivered = [item for i, item in enumerate(ordered) if i not in late]
+    for i in late:
+        delivered.insert(data.draw(st.integers(min(i, len(delivered)), len(delivered))), ordered[i])
+    again = data.draw(st.lists(st.integers(0, len(ordered) - 1), max_size=3))
+    for i in again:
+        delivered.insert(data.draw(st.integers(0, len(delivered))), ordered[i])
+    _assert_scripts_equal_the_reference(loop, redis_url, sid, [[item] for item in delivered], now_s)
 
 
 def _extra_artifacts(m: Meeting, rng: random.Random) -> list[Any]:
