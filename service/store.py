@@ -337,12 +337,24 @@ class Store:
         return [_session_raw(*(_pairs(h) for h in r)) for r in replies]
 
     async def read_view(
-        self, sid: str, *, events: bool = True
+        self, sid: str, *, events: bool = True, peer: str | None = None
     ) -> tuple[SessionView, dict[bytes, bytes], dict[str, dict[int, str]]] | None:
-        """The session's view, its raw session hash, and its stored peer events by peer."""
+        """The session's view, its raw session hash, and its stored peer events by peer.
+
+        With ``peer``, the view is that participant's only: its peers and events hold that
+        peer alone (no other peer's events are parsed), so only the session's own fields and
+        stored totals describe the whole session.
+        """
         raw = await self.read_raw(sid, events=events)
         if raw is None:
             return None
+        if peer is not None:
+            wanted = peer.encode()
+            raw = {
+                **raw,
+                "piv": {p: v for p, v in raw["piv"].items() if p == wanted},
+                "events": {f: v for f, v in raw["events"].items() if f.partition(b":")[2] == wanted},
+            }
         by_peer = events_by_peer(raw["events"])
         return view_from_raw(sid, raw, by_peer), raw["session"], by_peer
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -429,6 +430,14 @@ async def assert_state_matches(api: httpx.AsyncClient, expected: dict[str, Refer
         assert body["paging"]["total_count"] == len(view.peers)
         for p, peer in zip(got, shapes.participants_in_order(view), strict=True):
             assert len(p["peer_events"]) == len(peer.events), (sid, peer.peer_id)
+        for p in got[:3]:
+            # One participant's read parses only that peer's events; it answers as the list does.
+            one = await api.get(
+                f"/v1/sessions/{sid}/participants/{quote(p['id'], safe='')}",
+                params={"include_peer_events": "true"},
+            )
+            assert one.status_code == 200, one.text
+            assert one.json()["data"]["participant"] == approx_floats(p), (sid, p["id"])
 
         if view.status == "ENDED":
             r = await api.get(f"/v1/sessions/{sid}/report")
