@@ -4,7 +4,8 @@ Starts an embedded broker and valkey, stores one session of 20 peers (four event
 starts `python -m service api` as its own process and sends `requests` keep-alive GETs of
 `/v1/sessions/{id}/participants/{peer}?include_peer_events=true` from four concurrent
 clients, after 300 to warm up. Prints the API process's CPU per request (from /proc) and
-the wall time per request. Not part of `make bench`.
+the elapsed time divided by the requests (the inverse of the throughput, not a latency).
+Not part of `make bench`.
 Run: .venv/bin/python -m bench.api_cost [requests]
 """
 
@@ -45,6 +46,8 @@ def _events() -> list[PeerEvent]:
 
 
 async def main(requests: int) -> None:
+    if requests < 4:
+        raise SystemExit("usage: python -m bench.api_cost [requests >= 4]")
     with start_kafka() as kafka, start_redis() as valkey:
         redis = aioredis.Redis.from_url(valkey.url)
         store = Store(redis, retention_ms=3_600_000)
@@ -87,7 +90,7 @@ async def main(requests: int) -> None:
             await redis.aclose()
     n = requests // 4 * 4
     print(
-        f"{n:,} requests: API CPU {cpu / n * 1e6:,.0f} µs per request; wall {wall / n * 1e6:,.0f} µs per request"
+        f"{n:,} requests: API CPU {cpu / n * 1e6:,.0f} µs per request; elapsed {wall / n * 1e6:,.0f} µs per request"
     )
 
 

@@ -2,11 +2,13 @@
 
 `bench.script_cost` reads valkey's CPU time, which moves by 20% and more between runs on a
 shared machine; a script change worth a few percent cannot be seen there. This runs the
-embedded valkey-server under callgrind, replays the bench's backlog (same seed and mix as
-`make bench`) through the worker's decoders and call builder in batches of `batch records`,
-zeroes the counters after the first `warm` events (so the sessions already hold state, as
-in a live run), and prints valkey's instructions per script call and per event over the next
-`events`. The same code and inputs give the same count within half a percent.
+embedded valkey-server under callgrind and replays a log of the bench's generator (seed 5,
+its realistic mix) with sessions of the latency phase's size (60 facts on average, so
+`(warm + events) / 60` sessions) through the worker's decoders and call builder in batches
+of `batch records`. It zeroes the counters after the first `warm` events (the sessions then
+hold about half their state) and prints valkey's instructions per script call and per event
+over the next `events`. The same code and inputs give the same count within half a percent;
+valkey's own timers and network handling are counted too.
 
 Batches of 20 records give about one event per call (the live case, where the per-call cost
 bounds latency); batches of 2,000 about six (merged backlog batches carry more).
@@ -54,7 +56,12 @@ def _total_instructions(dump: Path) -> int:
 
 
 def main(warm: int, events: int, batch_records: int) -> None:
-    items = backlog(5, warm + events, 5000).items
+    if warm < 0 or events <= 0 or batch_records <= 0:
+        raise SystemExit(
+            "usage: python -m bench.script_instructions [warm >= 0] [events > 0] [batch records > 0]"
+        )
+    # The latency phase's sessions: 60 facts each on average (bench/__main__.py).
+    items = backlog(5, warm + events, max(1, (warm + events) // 60)).items
     store = Store(None, retention_ms=7 * 24 * 3600 * 1000)  # type: ignore[arg-type]
     workdir = Path(tempfile.mkdtemp(prefix="sessionpulse-callgrind-"))
     out = workdir / "callgrind.out"
@@ -67,7 +74,9 @@ def main(warm: int, events: int, batch_records: int) -> None:
         reader = hiredis.Reader()
         for s in SCRIPTS:
             sock.sendall(hiredis.pack_command(("SCRIPT", "LOAD", s.source)))
-            _read_replies(sock, reader, 1)
+            [loaded] = _read_replies(sock, reader, 1)
+            if isinstance(loaded, hiredis.ReplyError):
+                raise SystemExit(f"SCRIPT LOAD {s.name}: {loaded}")
 
         def replay(part: list) -> int:  # type: ignore[type-arg]
             calls_made = 0
@@ -109,4 +118,4 @@ def main(warm: int, events: int, batch_records: int) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:4]), *(3000, 4000, 20)[len(sys.argv[1:4]) :])
+    main(*(int(a) for a in sys.argv[1:4]), *(6000, 6000, 20)[len(sys.argv[1:4]) :])

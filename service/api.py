@@ -95,11 +95,16 @@ class CountRequests:
                 status = message["status"]
             await send(message)
 
-        await self.app(scope, receive, send_counted)
-        # The route's template, not the path: ids would make a label per session. The router
-        # sets it in this same scope.
-        route = scope.get("route")
-        metrics.HTTP_REQUESTS.labels(getattr(route, "path", "unmatched"), str(status)).inc()
+        try:
+            await self.app(scope, receive, send_counted)
+        except Exception:
+            status = status or 500  # answered by Starlette's error middleware, outside this one
+            raise
+        finally:
+            # The route's template, not the path: ids would make a label per session. The
+            # router sets it in this same scope.
+            route = scope.get("route")
+            metrics.HTTP_REQUESTS.labels(getattr(route, "path", "unmatched"), str(status)).inc()
 
 
 class ApiError(Exception):

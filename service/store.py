@@ -342,8 +342,9 @@ class Store:
         """The session's view, its raw session hash, and its stored peer events by peer.
 
         With ``peer``, the view is that participant's only: its peers and events hold that
-        peer alone (no other peer's events are parsed), so only the session's own fields and
-        stored totals describe the whole session.
+        peer alone (no other peer's events are parsed). Only the session's own fields and
+        stored totals then describe the whole session: do not build a Session object, a
+        summary or minutes from such a view. Redis still returns the whole session.
         """
         raw = await self.read_raw(sid, events=events)
         if raw is None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from service import metrics
+from service.api import CountRequests
 from service.constants import RTK_PEER_EVENTS, Topics
 from service.embedded import free_port
 
@@ -87,3 +90,15 @@ async def test_api_metrics_count_requests_and_webhooks(api: httpx.AsyncClient) -
 async def test_the_api_serves_the_asyncapi_document(api: httpx.AsyncClient) -> None:
     r = await api.get("/asyncapi.json")
     assert r.status_code == 200 and r.json()["asyncapi"].startswith("3.")
+
+
+async def test_a_request_that_fails_is_counted_as_a_500() -> None:
+    # Starlette's error middleware, outside the counter, answers an unhandled exception.
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    counted = metrics.HTTP_REQUESTS.labels("unmatched", "500")
+    before = counted._value.get()
+    with pytest.raises(RuntimeError):
+        await CountRequests(failing)({"type": "http"}, None, None)
+    assert counted._value.get() == before + 1

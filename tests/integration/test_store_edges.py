@@ -83,3 +83,30 @@ async def test_stream_idle_without_created_at_does_not_depend_on_the_order(
     got = await streams.read(sid)
     assert got is not None
     assert got[0].status == expected.view().status == "LIVE"
+
+
+async def test_a_participant_read_holds_that_peer_alone_whatever_its_id(redis_client: aioredis.Redis) -> None:
+    # The events hash's fields are `<encoded>:<peer id>`: ids with ':' in them must not pick up
+    # another peer's events. A peer that was only created (never joined) is a row too.
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+    sid = f"edge-{uuid.uuid4()}"
+    t0 = 1_767_261_600_000
+    peers = ["b", "a:b", ":b", "b:", "x:y:z", "12:34"]
+    facts = []
+    for n, peer in enumerate(peers):
+        body = orjson.dumps({"peer_id": peer, "display_name": f"name {n}"}).decode()
+        facts.append(PeerEvent(sid, f"c-{n}", peer, 0, t0 + n, body))
+        if peer != "x:y:z":  # only created
+            facts.append(PeerEvent(sid, f"j-{n}", peer, 2, t0 + 1_000 + n, body))
+    await store.apply({sid: facts})
+    whole = await store.read_view(sid)
+    assert whole is not None
+    assert sorted(whole[0].peers) == sorted(peers)
+    for peer in peers:
+        one = await store.read_view(sid, peer=peer)
+        assert one is not None
+        assert list(one[0].peers) == [peer]
+        assert one[0].peers[peer] == whole[0].peers[peer]
+        assert one[2] == {peer: whole[2][peer]}
+    assert (await store.read_view(sid, peer="nobody")) is not None
