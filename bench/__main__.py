@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
 import shlex
@@ -29,7 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import redis.asyncio as aioredis
 
@@ -42,7 +40,7 @@ from .latency import run_latency
 from .logmix import backlog, memory_set
 from .memory import measure
 from .phases import baseline, ceiling, drain_worker, start_worker
-from .procs import ROOT, CpuWindow, ServiceProcess, cpu_seconds, status_kib
+from .procs import ROOT, CpuWindow, ServiceProcess, cpu_seconds, status_kib, wait_http
 from .profiling import Profiler, describe, summarise
 from .verify import Check, compare_state, compare_summaries, reference
 
@@ -96,19 +94,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-async def wait_http(url: str, proc: ServiceProcess, within_s: float = 30.0) -> None:
-    deadline = time.monotonic() + within_s
-    async with httpx.AsyncClient(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise RuntimeError(f"the API exited:\n{proc.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(url)).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"the API did not answer {url} within {within_s:.0f} s")
 
 
 async def flush(redis: aioredis.Redis) -> None:

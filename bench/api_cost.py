@@ -25,7 +25,7 @@ from service.embedded import free_port, start_kafka, start_redis
 from service.store import Store
 
 from .latency import HttpPool
-from .procs import ServiceProcess, cpu_seconds
+from .procs import ServiceProcess, cpu_seconds, wait_http
 
 SESSION = "api-cost-session"
 T0 = 1_767_261_600_000
@@ -63,14 +63,8 @@ async def main(requests: int) -> None:
         }
         api = ServiceProcess("api", env, Path(tempfile.mkdtemp(prefix="sessionpulse-api-cost-")) / "api.log")
         try:
+            await wait_http(f"http://127.0.0.1:{port}/healthz", api)
             pool = HttpPool("127.0.0.1", port)
-            for _ in range(300):
-                try:
-                    if (await pool.get("/healthz"))[0] == 200:
-                        break
-                except OSError:
-                    pass
-                await asyncio.sleep(0.1)
             path = f"/v1/sessions/{SESSION}/participants/peer-3?include_peer_events=true"
             status, body = await pool.get(path)
             if status != 200:

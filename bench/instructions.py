@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,11 @@ import redis.asyncio as aioredis
 from service.constants import RTK_PEER_EVENTS
 from service.core import shapes
 from service.embedded import start_redis
-from service.store import Command, Store, events_by_peer, view_from_raw
-from service.wire import decode_peer_event, decode_session
+from service.store import Store, events_by_peer, view_from_raw
+from service.wire import decode_peer_event
 
 from .logmix import backlog
+from .script_cost import commands_by_session
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = 2000  # peer events decoded per run
@@ -54,15 +54,7 @@ async def _inputs() -> dict[str, Any]:
         try:
             store = Store(redis, retention_ms=7 * 24 * 3600 * 1000)
             await store.load_scripts()
-            by_session: dict[str, list[Command]] = defaultdict(list)
-            for it in log.items:
-                c: Command = (
-                    decode_peer_event(it.value, it.key)
-                    if it.topic == RTK_PEER_EVENTS
-                    else decode_session(it.value)
-                )
-                by_session[c.session_id].append(c)
-            await store.apply(by_session)
+            await store.apply(commands_by_session(log.items))
             sids = list(log.ended_ms)[:SESSIONS]
             raws = await store.read_many(sids)
         finally:

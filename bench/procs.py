@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from service.embedded import spawn
 
@@ -154,3 +158,17 @@ class CpuWindow:
             "wall": round(wall, 2),
             "top_other_processes": self.others(),
         }
+
+
+async def wait_http(url: str, proc: ServiceProcess, within_s: float = 30.0) -> None:
+    """Until `url` answers 200; raises if `proc` exits first or `within_s` passes."""
+    deadline = time.monotonic() + within_s
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"the API exited:\n{proc.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"the API did not answer {url} within {within_s:.0f} s")

@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 
 import hiredis
 
@@ -27,7 +28,7 @@ from service.embedded import start_redis
 from service.store import APPLY, SCRIPTS, Command, Store
 from service.wire import decode_peer_event, decode_session
 
-from .logmix import backlog
+from .logmix import Item, backlog
 from .procs import cpu_seconds
 
 
@@ -40,6 +41,17 @@ def _read_replies(sock: socket.socket, reader: hiredis.Reader, n: int) -> list[o
             continue
         out.append(got)
     return out
+
+
+def commands_by_session(items: Iterable[Item]) -> dict[str, list[Command]]:
+    """The bench log's items decoded by the worker's decoders, grouped by session as a batch is."""
+    by_session: dict[str, list[Command]] = defaultdict(list)
+    for it in items:
+        c: Command = (
+            decode_peer_event(it.value, it.key) if it.topic == RTK_PEER_EVENTS else decode_session(it.value)
+        )
+        by_session[c.session_id].append(c)
+    return by_session
 
 
 def main(events: int, batch_records: int) -> None:
@@ -60,13 +72,7 @@ def main(events: int, batch_records: int) -> None:
         for at in range(0, len(items), batch_records):
             chunk = items[at : at + batch_records]
             t0 = time.process_time()
-            by_session: dict[str, list[Command]] = defaultdict(list)
-            for it in chunk:
-                if it.topic == RTK_PEER_EVENTS:
-                    c: Command = decode_peer_event(it.value, it.key)
-                else:
-                    c = decode_session(it.value)
-                by_session[c.session_id].append(c)
+            by_session = commands_by_session(chunk)
             t1 = time.process_time()
             calls = [store.apply_call(sid, cmds) for sid, cmds in by_session.items()]
             t2 = time.process_time()

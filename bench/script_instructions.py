@@ -24,18 +24,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import hiredis
 
-from service.constants import RTK_PEER_EVENTS
 from service.embedded import _valkey_binary, free_port
-from service.store import APPLY, SCRIPTS, Command, Store
-from service.wire import decode_peer_event, decode_session
+from service.store import APPLY, SCRIPTS, Store
 
 from .logmix import backlog
-from .script_cost import _read_replies
+from .script_cost import _read_replies, commands_by_session
 
 
 def _connect(port: int, proc: subprocess.Popen[bytes]) -> socket.socket:
@@ -81,14 +78,7 @@ def main(warm: int, events: int, batch_records: int) -> None:
         def replay(part: list) -> int:  # type: ignore[type-arg]
             calls_made = 0
             for at in range(0, len(part), batch_records):
-                by_session: dict[str, list[Command]] = defaultdict(list)
-                for it in part[at : at + batch_records]:
-                    c: Command = (
-                        decode_peer_event(it.value, it.key)
-                        if it.topic == RTK_PEER_EVENTS
-                        else decode_session(it.value)
-                    )
-                    by_session[c.session_id].append(c)
+                by_session = commands_by_session(part[at : at + batch_records])
                 calls = [store.apply_call(sid, cmds) for sid, cmds in by_session.items()]
                 sock.sendall(
                     b"".join(hiredis.pack_command(("EVALSHA", APPLY.sha, len(k), *k, *a)) for k, a in calls)
