@@ -27,7 +27,7 @@ from tests.meetings import Meeting, random_meeting, webhook_bodies
 from tests.streams import T0, snapshot_series
 from tests.streams import webhook as lp_webhook
 from tests.unit.rtk_factory import apply
-from tests.unit.test_properties import SECONDS, event_logs, redeliveries, snapshot
+from tests.unit.test_properties import SECONDS, _sorted, event_logs, redeliveries, snapshot
 from tests.unit.test_webhooks import by_topics, by_webhooks
 
 pytestmark = pytest.mark.integration
@@ -123,12 +123,10 @@ def _assert_scripts_equal_the_reference(
 def test_scripts_equal_the_reference_for_facts_in_time_order_one_per_call(
     loop: asyncio.AbstractEventLoop, redis_url: str, data: st.DataObject, log: list, now_s: int
 ) -> None:
-    # Live traffic: one fact per call, mostly in time order (ties in log order), a few facts late
-    # or twice. The random cuts of the test above rarely give one call per fact in this order.
+    # Live traffic: one fact per call, mostly in time order, a few facts late or twice. The
+    # random cuts of the test above rarely give one call per fact in this order.
     sid = f"prop-{uuid.uuid4()}"
-    ordered = sorted(
-        _with_session_id(log, sid), key=lambda i: i.t_ms if isinstance(i, PeerEvent) else i.updated_ms
-    )
+    ordered = _sorted(_with_session_id(log, sid))
     late = data.draw(st.lists(st.integers(0, len(ordered) - 1), max_size=3, unique=True))
     delivered = [item for i, item in enumerate(ordered) if i not in late]
     for i in late:
