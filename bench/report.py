@@ -81,12 +81,14 @@ def git_revision() -> dict[str, Any]:
         try:
             return subprocess.run(
                 ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
-            ).stdout.strip()
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    changed = [line[3:] for line in git("status", "--porcelain", "--", "service").splitlines()]
-    return {"commit": git("rev-parse", "HEAD"), "service_files_changed_since_commit": changed}
+    # Porcelain lines are "XY path": the status's two columns may start with a space, so the
+    # output is not stripped before the path is cut out.
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "service").splitlines() if line]
+    return {"commit": git("rev-parse", "HEAD").strip(), "service_files_changed_since_commit": changed}
 
 
 def _n(x: float | int | None) -> str:

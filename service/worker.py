@@ -28,7 +28,6 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, MessageSizeTooLargeError
 from aiokafka.partitioner import murmur2
 from faststream import AckPolicy, FastStream
-from faststream.kafka.annotations import KafkaMessage
 from redis import exceptions as rexc
 
 from . import constants as C
@@ -108,9 +107,10 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (hashed & 0x7FFFFFFF) % partitions
 
 
-async def _no_decode(msg: Any) -> None:
-    """The handler reads raw records itself, so FastStream's JSON decoding is skipped."""
-    return None
+async def _raw_records(msg: Any) -> tuple[ConsumerRecord, ...]:
+    """The handler's argument: the batch's raw records (set by `_parse_first_only`). The worker
+    decodes them itself, so FastStream's JSON decoding is skipped."""
+    return cast(tuple[ConsumerRecord, ...], msg.raw_message)
 
 
 async def _parse_first_only(
@@ -772,7 +772,7 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         max_partition_fetch_bytes=s.kafka_max_partition_fetch_bytes,
         heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
         ack_policy=AckPolicy.MANUAL,
-        decoder=_no_decode,
+        decoder=_raw_records,
         parser=_parse_first_only,
         title="session-facts",
         description=(
@@ -783,11 +783,12 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
     )
 
     @subscriber
-    async def on_batch(msg: KafkaMessage) -> None:
+    async def on_batch(records: Any) -> None:
         worker.consumer = subscriber.consumer
-        # A batch subscriber's raw message is the tuple of the batch's records. The handler
-        # returns once the batch is on its way to Redis; the worker commits it when applied.
-        await worker.submit(cast(Sequence[ConsumerRecord], msg.raw_message))
+        # The batch's raw records (`_raw_records`), typed Any for the AsyncAPI document,
+        # which would otherwise describe a ConsumerRecord as the payload. The handler returns
+        # once the batch is on its way to Redis; the worker commits it when applied.
+        await worker.submit(cast(tuple[ConsumerRecord, ...], records))
 
     tasks: list[asyncio.Task[None]] = []
     app = FastStream(rt.broker)
