@@ -87,8 +87,11 @@ def build_redis(settings: Settings) -> Redis:
     if settings.redis_cluster:
         # RedisCluster serves the same commands as Redis but is not a subclass of it.
         return RedisCluster.from_url(settings.redis_url, **common)  # type: ignore[return-value]
-    # rediss:// and unix:// URLs keep redis-py's own connection classes (from_url picks them).
-    return Redis.from_url(settings.redis_url, connection_class=_PackedConnection, **common)
+    if settings.redis_url.startswith("redis://"):
+        return Redis.from_url(settings.redis_url, connection_class=_PackedConnection, **common)
+    # rediss:// and unix:// URLs keep redis-py's own connection classes (TLS, a socket path):
+    # an explicit connection_class would replace the one from_url picks for them.
+    return Redis.from_url(settings.redis_url, **common)
 
 
 def build_broker(settings: Settings) -> KafkaBroker:
@@ -111,8 +114,11 @@ def build_broker(settings: Settings) -> KafkaBroker:
         # a batch no longer costs a hand-over to a thread pool and back (the KafkaMessage
         # parameter was solved there) nor a pydantic model of the call.
         apply_types=False,
-        # FastStream's "Received"/"Processed" line per batch: over a hundred a second at live
-        # rates, so DEBUG (LOG_LEVEL=DEBUG shows them). The worker logs what it did itself.
+        # FastStream's broker lines go to a logger of the service's, under the root handler
+        # `configure_logging` sets up: they follow LOG_LEVEL and LOG_FORMAT like the service's
+        # own. Its "Received"/"Processed" pair per batch (a hundred a second at live rates) is
+        # written at DEBUG; the worker logs what it did itself.
+        logger=logging.getLogger("service.faststream"),
         log_level=logging.DEBUG,
     )
 

@@ -124,6 +124,9 @@ def _applied(reply: Sequence[Any]) -> Applied:
     )
 
 
+_NOT_YET = object()  # hiredis.Reader.gets() when no whole reply is buffered yet
+
+
 def _no_script(reply: Any) -> bool:
     """Whether a reply is Redis's NOSCRIPT error (redis-py's exception, or hiredis's reply error)."""
     return isinstance(reply, rexc.NoScriptError) or (
@@ -139,22 +142,20 @@ async def pipeline_replies(redis: Redis, commands: Sequence[Sequence[Any]]) -> l
     machinery per command: reading each reply through `read_response` (a timeout context and
     several awaits each) and the command stack cost the worker about 13 µs per script call,
     against 5 µs for this (`python -m bench.pipeline_cost`). The replies are parsed by hiredis
-    straight from the connection's stream, as redis-py's hiredis parser does with each one.
+    straight from the connection's stream, as redis-py's hiredis parser does with each one;
+    RESP3 push messages (client tracking, maintenance notices) are not replies and are skipped.
 
     A connection left in an unknown state (a timeout, a reset, a cancellation part-way through
-    the replies) is closed before it goes back to the pool, so no later command can read
-    another's reply.
+    the replies, more bytes than the replies) is closed before it goes back to the pool, so no
+    later command can read another's reply.
     """
     pool = redis.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         await conn.send_packed_command(conn.pack_commands(commands))
         enc = conn.encoder
-        reader = (
-            hiredis.Reader(encoding=enc.encoding, errors=enc.encoding_errors)
-            if enc.decode_responses
-            else hiredis.Reader()
-        )
+        codec = {"encoding": enc.encoding, "errors": enc.encoding_errors} if enc.decode_responses else {}
+        reader = hiredis.Reader(notEnoughData=_NOT_YET, **codec)
         stream = conn._reader  # set by the send above, which connects when needed
         if stream is None:
             raise rexc.ConnectionError("Redis connection closed")
@@ -165,10 +166,16 @@ async def pipeline_replies(redis: Redis, commands: Sequence[Sequence[Any]]) -> l
             if not data:
                 raise rexc.ConnectionError("Redis closed the connection")
             reader.feed(data)
-            while (reply := reader.gets()) is not False:
-                replies.append(reply)
+            while (reply := reader.gets()) is not _NOT_YET:
+                if not isinstance(reply, hiredis.PushNotification):
+                    replies.append(reply)
+        if len(replies) != len(commands) or reader.has_data():
+            raise rexc.InvalidResponse(f"{len(replies)} replies and more data for {len(commands)} commands")
+        if conn.health_check_interval:
+            # A connection that just answered is healthy: no PING before its next use.
+            conn.next_health_check = asyncio.get_running_loop().time() + conn.health_check_interval
     except BaseException:
-        await conn.disconnect()
+        await conn.disconnect(nowait=True)
         raise
     finally:
         await pool.release(conn)
@@ -201,7 +208,12 @@ class Store:
             try:
                 replies: list[Any]
                 if isinstance(self.redis, Redis):  # RedisCluster is not a subclass
-                    replies = await pipeline_replies(self.redis, commands)
+                    try:
+                        replies = await pipeline_replies(self.redis, commands)
+                    except rexc.ConnectionError:
+                        # A pooled connection the server closed meanwhile (a restart, a
+                        # timeout): once more on a new one, as redis-py's pipeline retries.
+                        replies = await pipeline_replies(self.redis, commands)
                 else:
                     pipe = self.redis.pipeline(transaction=False)
                     for command in commands:
@@ -210,7 +222,14 @@ class Store:
                         # per call).
                         pipe.execute_command(*command)
                     replies = await pipe.execute(raise_on_error=False)
-            except (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError) as exc:
+            except (
+                rexc.ConnectionError,
+                rexc.TimeoutError,
+                rexc.BusyLoadingError,
+                rexc.InvalidResponse,
+                hiredis.ProtocolError,
+                OSError,  # the builtin TimeoutError of a read that timed out among them
+            ) as exc:
                 raise StoreUnavailable(f"Redis unavailable: {exc!r}") from exc
             REDIS_SCRIPT_SECONDS.labels(script.name).observe(time.perf_counter() - started)
             if attempt == 1 and any(_no_script(r) for r in replies):

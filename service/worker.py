@@ -796,9 +796,6 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
     @app.on_startup
     async def _start() -> None:
         configure_logging(s.log_level, s.log_format)
-        # FastStream's own lines follow LOG_LEVEL too: its per-batch Received/Processed pair
-        # is logged at DEBUG (runtime.build_broker), so LOG_LEVEL=DEBUG shows it.
-        rt.broker.config.logger.set_level(logging.getLevelName(s.log_level.upper()))
         metrics.serve(s.metrics_port, worker.stats)
         backoff = 0.5
         while True:

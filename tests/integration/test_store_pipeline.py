@@ -58,3 +58,19 @@ async def test_scripts_forgotten_by_redis_are_loaded_again() -> None:
             assert view is not None and view[0].totals.closed_ms == 60_000
         finally:
             await client.aclose()
+
+
+async def test_push_messages_are_not_taken_for_replies(redis_url: str) -> None:
+    """RESP3 sends push messages in band (here a client-tracking invalidation, which the
+    server sends to the very connection that changes a key it tracks): they are skipped."""
+    client = aioredis.Redis.from_url(redis_url, protocol=3, max_connections=1)
+    key = f"sp:test:{uuid.uuid4()}"
+    try:
+        await pipeline_replies(client, [("SET", key, "1")])
+        assert await pipeline_replies(client, [("CLIENT", "TRACKING", "ON"), ("GET", key)]) == [b"OK", b"1"]
+        replies = await pipeline_replies(client, [("SET", key, "2"), ("ECHO", "after")])
+        assert replies == [b"OK", b"after"]
+        assert await pipeline_replies(client, [("GET", key)]) == [b"2"]
+    finally:
+        await client.delete(key)
+        await client.aclose()
