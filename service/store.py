@@ -161,8 +161,13 @@ async def pipeline_replies(redis: Redis, commands: Sequence[Sequence[Any]]) -> l
             raise rexc.ConnectionError("Redis connection closed")
         replies: list[Any] = []
         while len(replies) < len(commands):
-            async with asyncio.timeout(conn.socket_timeout):
-                data = await stream.read(1 << 16)
+            try:
+                async with asyncio.timeout(conn.socket_timeout):
+                    data = await stream.read(1 << 16)
+            except TimeoutError as exc:  # redis-py's exceptions, as its own reads raise them
+                raise rexc.TimeoutError("Timeout reading from Redis") from exc
+            except OSError as exc:
+                raise rexc.ConnectionError(f"Error while reading from Redis: {exc}") from exc
             if not data:
                 raise rexc.ConnectionError("Redis closed the connection")
             reader.feed(data)
@@ -230,7 +235,8 @@ class Store:
                 hiredis.ProtocolError,
                 OSError,  # the builtin TimeoutError of a read that timed out among them
             ) as exc:
-                raise StoreUnavailable(f"Redis unavailable: {exc!r}") from exc
+                # str(), which names the address; a read that timed out says nothing but its type.
+                raise StoreUnavailable(f"Redis unavailable: {str(exc) or type(exc).__name__}") from exc
             REDIS_SCRIPT_SECONDS.labels(script.name).observe(time.perf_counter() - started)
             if attempt == 1 and any(_no_script(r) for r in replies):
                 # A restarted or failed-over Redis forgot the scripts; every call is idempotent.

@@ -512,7 +512,8 @@ class Worker:
                 await self.process(records, batch)
                 return True
             except (StoreUnavailable, rexc.ConnectionError, rexc.TimeoutError) as exc:
-                reason = f"Redis unavailable: {exc}"
+                # The store's own errors say what Redis did ("Redis unavailable: ...").
+                reason = str(exc) if isinstance(exc, StoreUnavailable) else f"Redis unavailable: {exc}"
             except KafkaError as exc:
                 reason = f"Kafka unavailable for the dead-letter/outbound topics: {exc!r}"
             except Exception:

@@ -7,6 +7,7 @@ import uuid
 import hiredis
 import pytest
 import redis.asyncio as aioredis
+from redis import exceptions as rexc
 
 from service.core.model import PeerEvent
 from service.embedded import start_redis
@@ -33,7 +34,7 @@ async def test_a_connection_given_up_part_way_is_not_reused(redis_url: str) -> N
     client = aioredis.Redis.from_url(redis_url, socket_timeout=0.2, max_connections=1)
     key = f"sp:test:{uuid.uuid4()}"
     try:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(rexc.TimeoutError):
             await pipeline_replies(client, [("PING",), ("BLPOP", key, "1")])
         assert await pipeline_replies(client, [("ECHO", "after")]) == [b"after"]
     finally:
