@@ -554,5 +554,8 @@ def main() -> int:
         port=rt.settings.http_port,
         log_level=rt.settings.log_level.lower(),
         access_log=False,
+        # uvicorn's own logging config would give its loggers their own text handlers; without
+        # it they reach the root handler `configure_logging` set up (LOG_FORMAT=json included).
+        log_config=None,
     )
     return 0

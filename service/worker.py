@@ -796,7 +796,9 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         await worker.submit(cast(tuple[ConsumerRecord, ...], records))
 
     tasks: list[asyncio.Task[None]] = []
-    app = FastStream(rt.broker)
+    # The application's start and stop lines under the service's root handler too, like the
+    # broker's (runtime.build_broker): they follow LOG_LEVEL and LOG_FORMAT.
+    app = FastStream(rt.broker, logger=logging.getLogger("service.faststream"))
 
     @app.on_startup
     async def _start() -> None:
@@ -888,7 +890,10 @@ def _safe_url(url: str) -> str:
 
 
 def main() -> int:
-    app, _ = build_app()
+    rt = build_runtime()
+    # Before the app starts: FastStream logs "starting" before its startup hooks run.
+    configure_logging(rt.settings.log_level, rt.settings.log_format)
+    app, _ = build_app(rt)
     # Draining a backlog allocates and drops a few small objects per record; with CPython's
     # default threshold (700) the collector ran thousands of times a second, often through
     # the whole heap, for about a quarter of the worker's CPU (docs/performance.md). What
