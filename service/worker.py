@@ -76,6 +76,8 @@ class Batch:
     bad: list[tuple[ConsumerRecord, InvalidMessage]] = field(default_factory=list)
     consumed: Counter[str] = field(default_factory=Counter)  # records by topic
     value_bytes: int = 0  # of the records' values
+    # Its script calls, started while the batch before it finished (Worker._start_next_calls).
+    early: asyncio.Task[dict[str, Applied]] | None = None
 
     def merge(self, later: Batch) -> None:
         """Append a later batch: each session's commands stay in record order."""
@@ -183,6 +185,9 @@ class Worker:
         self.in_flight: asyncio.Task[None] | None = None  # the batch being applied, if any
         self.in_flight_records = 0  # records of the batch being applied
         self.pending = Batch()  # decoded records queued behind it, merged into one batch
+        # The next batch, its script calls already started (see _start_next_calls); it is the
+        # next to launch, and nothing merges into it any more.
+        self.sealed: Batch | None = None
         self.unmerged = 0  # records handed to submit() and not merged into `pending` yet
         self.generation = 0  # counts rewinds of queued records, so a decode in progress is dropped
         self.committing: asyncio.Task[None] | None = None  # the last offset commit sent, if any
@@ -272,7 +277,9 @@ class Worker:
         store = self.rt.store
         results: dict[str, Applied] = {}
         if batch.by_session:
-            results = await store.apply(batch.by_session)
+            early, batch.early = batch.early, None  # a retry applies the batch anew
+            results = await early if early is not None else await store.apply(batch.by_session)
+            self._start_next_calls()
         stored = await store.put_reports([r for _, r in batch.reports])
         # Per record, by the letters of the facts it carried: a duplicate when every one was
         # known already, late after the end when one came after it.
@@ -408,7 +415,7 @@ class Worker:
                 return
             limit = self.rt.settings.batch_merge_max_records
             while (
-                len(self.pending.records) >= limit or self.pending.value_bytes >= MERGE_MAX_BYTES
+                self.queued_behind() >= limit or self.pending.value_bytes >= MERGE_MAX_BYTES
             ) and not self.stopping.is_set():
                 await self.settled()
                 self._launch()
@@ -429,9 +436,14 @@ class Worker:
     def _launch(self) -> None:
         """Start applying the queued records, unless a batch is in Redis already (its end
         launches them) or the worker is stopping (they are read again after the restart)."""
-        if (self.in_flight is not None and not self.in_flight.done()) or not self.pending.records:
+        if self.in_flight is not None and not self.in_flight.done():
             return
-        batch, self.pending = self.pending, Batch()
+        if self.sealed is not None:
+            batch, self.sealed = self.sealed, None
+        elif self.pending.records:
+            batch, self.pending = self.pending, Batch()
+        else:
+            return
         if self.stopping.is_set():
             # Not applied: the next owner of these partitions (or this worker after a
             # restart) reads them again from the last committed offsets.
@@ -454,7 +466,9 @@ class Worker:
         """Give up these records and every record queued behind them (they may be merged with
         them): rewind to the first of each partition, so that no later commit covers them, and
         drop a decode in progress."""
-        self.rewind([*records, *self.pending.records])
+        sealed = self.sealed.records if self.sealed is not None else []
+        self.rewind([*records, *sealed, *self.pending.records])
+        self.sealed = None
         self.pending = Batch()
         self.generation += 1
 
@@ -471,7 +485,27 @@ class Worker:
     def queued_records(self) -> int:
         """Records fetched and not yet applied: queued, or in the batch being applied."""
         running = self.in_flight is not None and not self.in_flight.done()
-        return len(self.pending.records) + (self.in_flight_records if running else 0)
+        return self.queued_behind() + (self.in_flight_records if running else 0)
+
+    def queued_behind(self) -> int:
+        """Records queued behind the batch in flight: the sealed next batch and the merging one."""
+        return len(self.pending.records) + (len(self.sealed.records) if self.sealed is not None else 0)
+
+    def _start_next_calls(self) -> None:
+        """Start the queued batch's script calls now that the batch in flight has its replies:
+        valkey works on them while the worker counts the batch's outcomes, updates the
+        indexes and commits. The queued batch is sealed (later records merge into a new one)
+        and launched as usual after the batch in flight; its outcomes, indexes and commit stay
+        in batch order. Each session's facts still reach Redis in order: this batch's calls
+        have all replied. If the calls fail, or the batch is given up, nothing is committed for
+        it: the scripts are idempotent, and it is applied again (or read again)."""
+        if self.sealed is not None or not self.pending.by_session or self.stopping.is_set():
+            return
+        batch, self.pending = self.pending, Batch()
+        batch.early = asyncio.create_task(self.rt.store.apply(batch.by_session))
+        # Not awaited if the batch is given up: its failure is not an error of its own.
+        batch.early.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self.sealed = batch
 
     async def settled(self) -> None:
         """Wait until the batch in flight, if any, is applied (or given up); its commit may
