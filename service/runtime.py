@@ -94,6 +94,11 @@ def build_redis(settings: Settings) -> Redis:
     return Redis.from_url(settings.redis_url, **common)
 
 
+# FastStream's broker and application lines, under the root handler `configure_logging` sets
+# up, so that they follow LOG_LEVEL and LOG_FORMAT like the service's own.
+FASTSTREAM_LOGGER = "service.faststream"
+
+
 def build_broker(settings: Settings) -> KafkaBroker:
     return KafkaBroker(
         settings.bootstrap_list,
@@ -114,11 +119,9 @@ def build_broker(settings: Settings) -> KafkaBroker:
         # a batch no longer costs a hand-over to a thread pool and back (the KafkaMessage
         # parameter was solved there) nor a pydantic model of the call.
         apply_types=False,
-        # FastStream's broker lines go to a logger of the service's, under the root handler
-        # `configure_logging` sets up: they follow LOG_LEVEL and LOG_FORMAT like the service's
-        # own. Its "Received"/"Processed" pair per batch (a hundred a second at live rates) is
+        # Its "Received"/"Processed" pair per batch (a hundred a second at live rates) is
         # written at DEBUG; the worker logs what it did itself.
-        logger=logging.getLogger("service.faststream"),
+        logger=logging.getLogger(FASTSTREAM_LOGGER),
         log_level=logging.DEBUG,
     )
 

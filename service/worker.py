@@ -38,7 +38,7 @@ from .core.timeutil import now_ms
 from .errors import InvalidMessage, StoreUnavailable
 from .livepeer import decode_livepeer_webhook, decode_snapshot
 from .outbox import Outbox, channels, stream_channels, stream_source
-from .runtime import Runtime, build_runtime, configure_logging
+from .runtime import FASTSTREAM_LOGGER, Runtime, build_runtime, configure_logging
 from .stats import Stats
 from .store import Applied, Command
 from .stream_store import StreamApplied, StreamStore
@@ -496,9 +496,10 @@ class Worker:
         valkey works on them while the worker counts the batch's outcomes, updates the
         indexes and commits. The queued batch is sealed (later records merge into a new one)
         and launched as usual after the batch in flight; its outcomes, indexes and commit stay
-        in batch order. Each session's facts still reach Redis in order: this batch's calls
-        have all replied. If the calls fail, or the batch is given up, nothing is committed for
-        it: the scripts are idempotent, and it is applied again (or read again)."""
+        in batch order. Its calls may run before a retry of the batch in flight (after a later
+        fault there), which is safe: a session's state is a function of its stored facts, in
+        whatever order they came. If the calls fail, or the batch is given up, nothing is
+        committed for it: the scripts are idempotent, and it is applied again (or read again)."""
         if self.sealed is not None or not self.pending.by_session or self.stopping.is_set():
             return
         batch, self.pending = self.pending, Batch()
@@ -830,9 +831,7 @@ def build_app(rt: Runtime | None = None) -> tuple[FastStream, Worker]:
         await worker.submit(cast(tuple[ConsumerRecord, ...], records))
 
     tasks: list[asyncio.Task[None]] = []
-    # The application's start and stop lines under the service's root handler too, like the
-    # broker's (runtime.build_broker): they follow LOG_LEVEL and LOG_FORMAT.
-    app = FastStream(rt.broker, logger=logging.getLogger("service.faststream"))
+    app = FastStream(rt.broker, logger=logging.getLogger(FASTSTREAM_LOGGER))
 
     @app.on_startup
     async def _start() -> None:
