@@ -927,11 +927,15 @@ def main() -> int:
     # Before the app starts: FastStream logs "starting" before its startup hooks run.
     configure_logging(rt.settings.log_level, rt.settings.log_format)
     app, _ = build_app(rt)
-    # Draining a backlog allocates and drops a few small objects per record; with CPython's
-    # default threshold (700) the collector ran thousands of times a second, often through
-    # the whole heap, for about a quarter of the worker's CPU (docs/performance.md). What
-    # start-up created is frozen out of every scan; young objects are collected less often.
+    # What start-up created is frozen out of every scan. The young generation is collected
+    # only after a million more tracked objects than were freed: the records of the batches
+    # being decoded, merged and applied (a few objects each, up to three merged batches of
+    # BATCH_MERGE_MAX_RECORDS) are alive until their batch is done, and every collection of
+    # them found nothing to free. With CPython's default threshold (700) the collector took
+    # about a quarter of the worker's CPU in a drain; with 50,000, 12-85 ms per collection,
+    # 0.5-0.65 s per 300,000-event drain (docs/performance.md). Reference counting frees
+    # almost everything; what only the collector frees (cycles) waits for the next run.
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(1_000_000, 20, 100)
     asyncio.run(app.run())
     return 0

@@ -26,17 +26,16 @@ def parse_iso_ms(text: str) -> int:
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds to ISO-8601 UTC with milliseconds and a `Z`."""
     # Summaries format two times per participant: the date and hour come from a small cache
-    # (times cluster in a few hours), the rest from integer arithmetic. Half the cost of
-    # datetime.isoformat, a quarter of strftime's.
+    # (times cluster in a few hours), "MM:SS." and "mmmZ" from tables. A third of the cost of
+    # formatting them with f-string specs, a sixth of datetime.isoformat's.
     hour, rest = divmod(ms, _HOUR_MS)
     prefix = _hour_prefixes.get(hour)
     if prefix is None:
         if len(_hour_prefixes) >= _HOUR_PREFIXES_MAX:
             _hour_prefixes.clear()
         prefix = _hour_prefixes[hour] = (_EPOCH_NAIVE + timedelta(hours=hour)).isoformat()[:14]
-    minute, rest = divmod(rest, 60_000)
     second, milli = divmod(rest, 1000)
-    return f"{prefix}{minute:02d}:{second:02d}.{milli:03d}Z"
+    return prefix + _MINUTE_SECOND[second] + _MILLI_Z[milli]
 
 
 def now_ms() -> int:
@@ -53,3 +52,5 @@ _EPOCH_NAIVE = datetime(1970, 1, 1)
 _HOUR_MS = 3_600_000
 _HOUR_PREFIXES_MAX = 10_000
 _hour_prefixes: dict[int, str] = {}  # hours since the epoch -> "YYYY-MM-DDTHH:"
+_MINUTE_SECOND = [f"{m:02d}:{s:02d}." for m in range(60) for s in range(60)]  # second of the hour
+_MILLI_Z = [f"{m:03d}Z" for m in range(1000)]

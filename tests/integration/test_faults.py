@@ -7,6 +7,8 @@ import hashlib
 import os
 import random
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import httpx
 import orjson
@@ -17,7 +19,8 @@ from aiokafka.errors import KafkaConnectionError
 from service import constants as C
 from service.constants import Topics
 from service.core.model import Artifact, PeerEvent, SessionMessage
-from service.outbox import Outbox, Source, channels
+from service.errors import StoreUnavailable
+from service.outbox import PASS_PART, Outbox, Source, channels, rtk_source
 from service.stats import Stats
 from service.store import Command, Store
 
@@ -176,6 +179,83 @@ async def test_a_broker_outage_keeps_summaries_queued(redis_client: aioredis.Red
     assert sorted(orjson.loads(b)["session_id"] for b in publisher.sent) == sids
     assert {orjson.loads(b)["revision"] for b in publisher.sent} == {1}
     assert await store.outbox_due(10) == []
+
+
+async def test_a_pass_in_parts_publishes_all_and_a_failing_part_keeps_the_rest_queued(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A pass larger than one part: the parts overlap (one is published while the next is
+    built), every session goes out once, and when the broker becomes unreachable part-way the
+    parts before are done while the failing part and those after it stay queued."""
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+    n = 2 * PASS_PART + PASS_PART // 2  # three parts, the last one half full
+    sids = [f"parts-{i:04d}" for i in range(n)]
+    await store.update_indexes(
+        await store.apply({sid: [_join(sid, "a", 1_000), _ended(sid, 60_000)] for sid in sids})
+    )
+
+    class DiesAfter(RecordingPublisher):
+        def __init__(self, ok: int) -> None:
+            super().__init__()
+            self.ok = ok
+
+        async def publish(self, body: bytes, **_: object) -> None:
+            if len(self.sent) >= self.ok:
+                raise KafkaConnectionError("broker unreachable")
+            self.sent.append(body)
+
+    # The first part goes out; the broker is gone from the first message of the second part.
+    dying = DiesAfter(PASS_PART)
+    outbox = Outbox(store, channels(dying, dying), Stats())  # type: ignore[arg-type]
+    with pytest.raises(KafkaConnectionError):
+        await outbox.drain_once()
+    first = sorted(orjson.loads(b)["session_id"] for b in dying.sent)
+    assert len(first) == PASS_PART
+    queued = sorted(sid for sid, _ in await store.outbox_due(n))
+    assert queued == sorted(set(sids) - set(first))
+
+    publisher = RecordingPublisher()
+    outbox = Outbox(store, channels(publisher, publisher), Stats())  # type: ignore[arg-type]
+    assert await outbox.drain_once() == len(queued)
+    assert sorted(orjson.loads(b)["session_id"] for b in publisher.sent) == queued
+    assert await store.outbox_due(n) == []
+
+
+async def test_a_read_failing_part_way_through_a_pass_still_finishes_the_parts_built(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Redis fails while the second part is read: the first part, already built, is still
+    committed, published and removed before the pass fails; the others stay queued."""
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+    n = 2 * PASS_PART
+    sids = [f"read-fails-{i:04d}" for i in range(n)]
+    await store.update_indexes(
+        await store.apply({sid: [_join(sid, "a", 1_000), _ended(sid, 60_000)] for sid in sids})
+    )
+    real = rtk_source(store)
+    reads = 0
+
+    async def load(part: Sequence[str]) -> list[Any]:
+        nonlocal reads
+        reads += 1
+        if reads > 1:
+            raise StoreUnavailable("Redis unavailable: connection reset")
+        return await real.load(part)
+
+    publisher = RecordingPublisher()
+    outbox = Outbox(
+        store,
+        channels(publisher, publisher),  # type: ignore[arg-type]
+        Stats(),
+        source=Source(real.outbox_key, real.state_key, load),
+    )
+    with pytest.raises(StoreUnavailable):
+        await outbox.drain_once()
+    sent = sorted(orjson.loads(b)["session_id"] for b in publisher.sent)
+    assert len(sent) == PASS_PART
+    assert sorted(sid for sid, _ in await store.outbox_due(n)) == sorted(set(sids) - set(sent))
 
 
 async def test_a_transcript_ready_is_kept_until_published_and_issued_once_per_link(
