@@ -264,21 +264,25 @@ class Outbox:
         upcoming = self._load_soon(fresh[0])
         try:
             for i, part in enumerate(parts):
+                if any(t.done() and not t.cancelled() and t.exception() is not None for t in finishing):
+                    break  # a part failed (Redis, or the broker unreachable): the rest waits
                 loaded = await upcoming
                 if i + 1 < len(parts):
                     upcoming = self._load_soon(fresh[i + 1])
                 built_for.update(zip(fresh[i], await self._build_loaded(fresh[i], loaded), strict=True))
                 finishing.append(asyncio.create_task(self._finish(part, built_for)))
-        except BaseException as exc:
+        except (Exception, asyncio.CancelledError) as exc:
             # The parts already built still go out before the failure is raised. Cancelled with
             # the pass (at shutdown), parts in flight stay in the outbox for the next pass, or
             # the next worker, to take again.
-            if not isinstance(exc, Exception):
+            if isinstance(exc, asyncio.CancelledError):
                 for task in finishing:
                     task.cancel()
             upcoming.cancel()  # nothing if it was awaited already
             await asyncio.gather(upcoming, *finishing, return_exceptions=True)
             raise
+        upcoming.cancel()  # the read of a part that a failure left out, if any
+        await asyncio.gather(upcoming, return_exceptions=True)
         outcomes = await asyncio.gather(*finishing, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -385,13 +389,13 @@ class Outbox:
         """Build the messages of sessions half-way through settling, while the outbox would
         wait anyway: when they settle, only the commit and the publish are left. A session that
         changes meanwhile is built again then (only the second half of the quiet time is spent
-        on sessions that may still change, so live traffic rarely wastes a build). In slices
-        of one pass, so that one read never holds thousands of sessions."""
+        on sessions that may still change, so live traffic rarely wastes a build). In parts of
+        PASS_PART, like a pass, so that one read never holds thousands of sessions."""
         todo = [(sid, q) for sid, q in self._waiting if self._prebuilt.get(sid, (None, None))[0] != q]
         if len(self._prebuilt) + len(todo) > 2 * SETTLE_WINDOW:  # sessions drained by another worker
             self._prebuilt.clear()
-        for i in range(0, min(len(todo), SETTLE_WINDOW), self.chunk):
-            part = todo[i : i + self.chunk]
+        for i in range(0, min(len(todo), SETTLE_WINDOW), PASS_PART):
+            part = todo[i : i + PASS_PART]
             for (sid, q), built in zip(part, await self._build_many([sid for sid, _ in part]), strict=True):
                 if not isinstance(built, Exception):  # a failure is reported when the pass builds it
                     self._prebuilt[sid] = (q, built)

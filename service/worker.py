@@ -927,7 +927,8 @@ def main() -> int:
     # Before the app starts: FastStream logs "starting" before its startup hooks run.
     configure_logging(rt.settings.log_level, rt.settings.log_format)
     app, _ = build_app(rt)
-    # What start-up created is frozen out of every scan. The young generation is collected
+    # What the imports and the set-up so far created is frozen out of every scan (what the
+    # application's start-up hooks create later is not). The young generation is collected
     # only after a million more tracked objects than were freed: the records of the batches
     # being decoded, merged and applied (a few objects each, up to three merged batches of
     # BATCH_MERGE_MAX_RECORDS) are alive until their batch is done, and every collection of

@@ -181,12 +181,12 @@ async def test_a_broker_outage_keeps_summaries_queued(redis_client: aioredis.Red
     assert await store.outbox_due(10) == []
 
 
-async def test_a_pass_in_parts_publishes_all_and_a_failing_part_keeps_the_rest_queued(
+async def test_a_pass_in_parts_overlaps_them_and_a_failing_part_keeps_the_rest_queued(
     redis_client: aioredis.Redis,
 ) -> None:
-    """A pass larger than one part: the parts overlap (one is published while the next is
-    built), every session goes out once, and when the broker becomes unreachable part-way the
-    parts before are done while the failing part and those after it stay queued."""
+    """A pass larger than one part reads the next part before the one before is published,
+    every session goes out once, and when the broker becomes unreachable part-way the parts
+    before are done while the failing part and those after it stay queued."""
     store = Store(redis_client, retention_ms=60_000)
     await store.load_scripts()
     n = 2 * PASS_PART + PASS_PART // 2  # three parts, the last one half full
@@ -194,6 +194,12 @@ async def test_a_pass_in_parts_publishes_all_and_a_failing_part_keeps_the_rest_q
     await store.update_indexes(
         await store.apply({sid: [_join(sid, "a", 1_000), _ended(sid, 60_000)] for sid in sids})
     )
+    steps: list[str] = []  # reads and publishes, in the order they happen
+    real = rtk_source(store)
+
+    async def load(part: Sequence[str]) -> list[Any]:
+        steps.append(f"read {len(part)}")
+        return await real.load(part)
 
     class DiesAfter(RecordingPublisher):
         def __init__(self, ok: int) -> None:
@@ -203,13 +209,16 @@ async def test_a_pass_in_parts_publishes_all_and_a_failing_part_keeps_the_rest_q
         async def publish(self, body: bytes, **_: object) -> None:
             if len(self.sent) >= self.ok:
                 raise KafkaConnectionError("broker unreachable")
+            steps.append("publish")
             self.sent.append(body)
 
     # The first part goes out; the broker is gone from the first message of the second part.
     dying = DiesAfter(PASS_PART)
-    outbox = Outbox(store, channels(dying, dying), Stats())  # type: ignore[arg-type]
+    source = Source(real.outbox_key, real.state_key, load)
+    outbox = Outbox(store, channels(dying, dying), Stats(), source=source)  # type: ignore[arg-type]
     with pytest.raises(KafkaConnectionError):
         await outbox.drain_once()
+    assert steps[:2] == [f"read {PASS_PART}", f"read {PASS_PART}"]  # the 2nd before any publish
     first = sorted(orjson.loads(b)["session_id"] for b in dying.sent)
     assert len(first) == PASS_PART
     queued = sorted(sid for sid, _ in await store.outbox_due(n))
