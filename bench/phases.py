@@ -289,7 +289,7 @@ async def drain_worker(
     # From the first commit on: the worker's imports and group join are not per-event work.
     d.extra["cpu_us_per_event"] = {
         name: round((cpu_seconds(cpu.pids[name]) - cpu_at_first[name]) / steady * 1e6, 1)
-        for name in ("worker", "valkey", "tansu")
+        for name in [*(n for n in cpu.pids if n.startswith("worker")), "valkey", "tansu"]
         if name in cpu.pids and name in cpu_at_first and steady > 0
     }
     d.extra["peak_rss_mib"] = round((status_kib(run.proc.pid, "VmHWM") or 0) / 1024, 1)

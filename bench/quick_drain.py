@@ -2,7 +2,10 @@
 
 Only phase (c) of `python -m bench` (no ceiling, baseline, correctness check, latency or
 memory): one events/s figure for the bench's realistic RealtimeKit mix, in well under a
-minute. Run: .venv/bin/python -m bench.quick_drain [events] [worker env NAME=VALUE ...]
+minute. Run: .venv/bin/python -m bench.quick_drain [events] [--workers=N] [worker env NAME=VALUE ...]
+
+`--workers=N` starts N worker processes in one consumer group (the issue's "several worker
+processes on one host"): the figure is then the group's, not one process's.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from service.embedded import ensure_topics, free_port, start_kafka, start_redis,
 from .kafka_io import produce
 from .logmix import backlog
 from .phases import drain_worker, start_worker
-from .procs import CpuWindow
+from .procs import CpuWindow, ServiceProcess
 
 
 def _applied_batches(port: int) -> int:
@@ -34,7 +37,7 @@ def _applied_batches(port: int) -> int:
     return 0
 
 
-async def main(target: int, extra_env: dict[str, str]) -> None:
+async def main(target: int, extra_env: dict[str, str], workers: int = 1) -> None:
     log = backlog(1, target, max(1, min(5000, target // 60)))
     ended = len(log.ended_ms)
     with start_kafka() as kafka, start_redis() as redis_server:
@@ -48,12 +51,25 @@ async def main(target: int, extra_env: dict[str, str]) -> None:
         metrics_port = free_port()
         env = {"METRICS_PORT": str(metrics_port)} | extra_env
         w = await start_worker(kafka.bootstrap, redis_server.url, topics, "bench-quick", log_path, 1, env)
+        # More workers in the same group, each with its own /metrics port.
+        others = [
+            ServiceProcess(
+                "worker",
+                w.env | {"METRICS_PORT": str(free_port())},
+                log_path.with_name(f"{log_path.stem}-{k}.log"),
+            )
+            for k in range(2, workers + 1)
+        ]
         try:
-            cpu = CpuWindow({"worker": w.proc.pid, "valkey": redis_server.pid, "tansu": kafka.pid}).start()
+            pids = {"worker": w.proc.pid, "valkey": redis_server.pid, "tansu": kafka.pid}
+            pids |= {f"worker{k}": o.pid for k, o in enumerate(others, 2)}
+            cpu = CpuWindow(pids).start()
             d = await drain_worker(w, redis, ends, ended, timeout_s=600, cpu=cpu)
             stats = await redis.info("commandstats")
             batches = await asyncio.to_thread(_applied_batches, metrics_port)
         finally:
+            for o in others:
+                o.stop()
             w.proc.stop()
             await w.committed.stop()
             await w.summaries.stop()
@@ -67,7 +83,8 @@ async def main(target: int, extra_env: dict[str, str]) -> None:
         f" every summary out {d.seconds_with_startup:.2f}s after it"
     )
     print(
-        f"{batches} batches applied (fetched batches merge while Redis is busy), {d.events / max(batches, 1):,.0f} events each on average"
+        f"{batches} batches applied by the first worker (fetched batches merge while Redis is busy),"
+        f" {d.events / max(batches, 1) / workers:,.0f} events each on average"
     )
     print(f"summaries published {d.extra['summaries_published']:,} for {ended:,} ended sessions")
     per_event = ", ".join(f"{k} {v}" for k, v in d.extra["cpu_us_per_event"].items())
@@ -81,6 +98,11 @@ async def main(target: int, extra_env: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    env = dict(a.split("=", 1) for a in sys.argv[2:])
-    asyncio.run(main(n, env))
+    args = sys.argv[1:]
+    n = int(args.pop(0)) if args and not args[0].startswith("-") and "=" not in args[0] else 100_000
+    workers = 1
+    for a in [a for a in args if a.startswith("--workers=")]:
+        workers = int(a.split("=", 1)[1])
+        args.remove(a)
+    env = dict(a.split("=", 1) for a in args)
+    asyncio.run(main(n, env, workers))
