@@ -7,11 +7,29 @@ from typing import Any
 
 import orjson
 from faststream.specification import AsyncAPI
+from pydantic import BaseModel
 
+from . import constants as C
 from .config import Settings
+from .livepeer import LivepeerSessionIn, LivepeerWebhookIn
 from .runtime import build_runtime
+from .webhooks import WebhookIn
+from .wire import RtkPeerEventIn, RtkPeerReportIn, RtkSessionIn
 
 DOCUMENT = Path("docs/asyncapi.json")
+
+# The worker reads its six inbound topics with one subscriber whose handler takes the raw
+# records (no per-message parsing by FastStream on the hot path), so FastStream cannot say
+# what each topic carries: each inbound message gets the model its decoder validates with.
+# The outbound ones get theirs from the publishers (`service/messages.py`).
+INBOUND: dict[str, type[BaseModel]] = {
+    C.RTK_SESSIONS: RtkSessionIn,
+    C.RTK_PEER_EVENTS: RtkPeerEventIn,
+    C.RTK_PEER_REPORTS: RtkPeerReportIn,
+    C.RTK_WEBHOOKS: WebhookIn,
+    C.LIVEPEER_SESSIONS: LivepeerSessionIn,
+    C.LIVEPEER_WEBHOOKS: LivepeerWebhookIn,
+}
 
 
 def document(settings: Settings | None = None) -> dict[str, Any]:
@@ -31,7 +49,28 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
         ),
     ).to_specification()
     jsonable: dict[str, Any] = spec.to_jsonable()
+    _inbound_payloads(jsonable)
     return jsonable
+
+
+def _inbound_payloads(doc: dict[str, Any]) -> None:
+    """Point each inbound channel's message at its topic's model, in components.schemas."""
+    schemas = doc["components"]["schemas"]
+    messages = doc["components"]["messages"]
+    used = set()
+    for channel in doc["channels"].values():
+        model = INBOUND.get(channel["address"])
+        if model is None:
+            continue
+        for ref in channel["messages"].values():
+            message = messages[ref["$ref"].rsplit("/", 1)[1]]
+            used.add(message["payload"]["$ref"].rsplit("/", 1)[1])
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(schema.pop("$defs", {}))
+            schemas[model.__name__] = schema
+            message["payload"] = {"$ref": f"#/components/schemas/{model.__name__}"}
+    for name in used - {m.__name__ for m in INBOUND.values()}:
+        del schemas[name]  # the shared placeholder FastStream wrote for the raw records
 
 
 def main(out: str | None) -> int:

@@ -37,6 +37,7 @@ from .core.streams import RecordingUpdate, Snapshot, StreamCommand, StreamIdle
 from .core.timeutil import now_ms
 from .errors import InvalidMessage, StoreUnavailable
 from .livepeer import decode_livepeer_webhook, decode_snapshot
+from .messages import SessionSummary, TranscriptReady
 from .outbox import Outbox, channels, stream_channels, stream_source
 from .runtime import FASTSTREAM_LOGGER, Runtime, build_runtime, configure_logging
 from .stats import Stats
@@ -144,17 +145,23 @@ class Worker:
         self.dlq = rt.broker.publisher(
             self.topics.dead_letter,
             title="sessions.dead-letter",
-            description="Inbound messages that could not be processed, byte for byte, with the reason in headers.",
+            description=(
+                "Inbound messages that could not be processed, byte for byte (any payload), with the"
+                " reason in headers: x-error-type, x-error-message, x-source-topic, x-source-partition,"
+                " x-source-offset."
+            ),
         )
         self.summaries = rt.broker.publisher(
             self.topics.summaries,
             title="sessions.summaries",
             description="One SessionSummary per ended session; re-issued with a higher revision on late data.",
+            schema=SessionSummary,
         )
         self.transcripts = rt.broker.publisher(
             self.topics.transcript_ready,
             title="sessions.transcript-ready",
             description="One TranscriptReady per session whose transcript link became known.",
+            schema=TranscriptReady,
         )
 
         # While a backlog drains, summaries wait for it (up to 10 s) rather than being rebuilt

@@ -30,6 +30,7 @@ from service.core import shapes
 from service.core.model import PeerEvent, ReferenceSession, SessionMessage
 from service.core.timeutil import iso_ms
 from service.embedded import spawn
+from service.messages import SessionSummary
 from service.wire import decode_peer_event, decode_session
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -303,6 +304,7 @@ def latest_summaries(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
     best: dict[str, dict[str, Any]] = {}
     for m in consume_all(bootstrap, topic):
         s = orjson.loads(m.value())
+        SessionSummary.model_validate(s)  # every published copy has the shape docs/asyncapi.json gives
         if s["message_id"] not in best or s["revision"] > best[s["message_id"]]["revision"]:
             best[s["message_id"]] = s
     return best

@@ -24,6 +24,7 @@ from service.config import Settings
 from service.constants import RTK_PEER_REPORTS, RTK_WEBHOOKS, Topics
 from service.core import shapes
 from service.core.timeutil import iso_ms
+from service.messages import SessionSummary, TranscriptReady
 from service.runtime import build_runtime
 from tests.meetings import Meeting, random_meeting, topic_messages, webhook_bodies
 from tests.webhook_signing import public_pem, rtk_private_key, rtk_sign
@@ -187,6 +188,7 @@ async def test_webhooks_topics_and_both_tell_the_same_meetings(
             shapes.transcript_message_id(m.session_id) for m in told
         )
         for r in ready:
+            TranscriptReady.model_validate(r)  # the shape docs/asyncapi.json gives
             sid = r["session_id"]
             base = sid.removesuffix("-both")
             assert r["revision"] == 1
@@ -212,6 +214,7 @@ async def test_webhooks_topics_and_both_tell_the_same_meetings(
         summaries: dict[str, dict[str, Any]] = {}
         for msg in consume_all(kafka_bootstrap, topics.summaries):
             s = orjson.loads(msg.value())
+            SessionSummary.model_validate(s)
             if s["message_id"] not in summaries or s["revision"] > summaries[s["message_id"]]["revision"]:
                 summaries[s["message_id"]] = s
         for m in told:

@@ -29,3 +29,44 @@ def test_it_names_every_topic_of_the_contract() -> None:
         "sessions.transcript-ready",
         "sessions.dead-letter",
     }
+
+
+def _resolve(doc: dict[str, object], ref: str) -> dict[str, object]:
+    node: object = doc
+    for part in ref.removeprefix("#/").split("/"):
+        assert isinstance(node, dict)
+        node = node[part]
+    assert isinstance(node, dict)
+    return node
+
+
+def test_every_json_topic_has_its_payload_schema() -> None:
+    """Each inbound topic names the model its decoder validates with; the outbound ones the
+    models of service/messages.py (the dead letters are any inbound message, byte for byte)."""
+    doc = document()
+    payloads: dict[str, str] = {}
+    for channel in doc["channels"].values():
+        for ref in channel["messages"].values():
+            message = _resolve(doc, ref["$ref"])
+            payload = message["payload"]
+            assert isinstance(payload, dict)
+            payloads[channel["address"]] = str(payload["$ref"]).rsplit("/", 1)[1]
+            schema = _resolve(doc, str(payload["$ref"]))
+            if channel["address"] != "sessions.dead-letter":
+                assert schema.get("properties") or schema.get("oneOf"), channel["address"]
+    assert payloads == {
+        "rtk.sessions": "RtkSessionIn",
+        "rtk.peer-events": "RtkPeerEventIn",
+        "rtk.peer-reports": "RtkPeerReportIn",
+        "rtk.webhooks": "WebhookIn",
+        "livepeer.sessions": "LivepeerSessionIn",
+        "livepeer.webhooks": "LivepeerWebhookIn",
+        "sessions.summaries": "SessionSummary",
+        "sessions.transcript-ready": "TranscriptReady",
+        "sessions.dead-letter": "sessions.dead-letter:Message:Payload",
+    }
+    summary = _resolve(doc, "#/components/schemas/SessionSummary")
+    assert summary["oneOf"] == [
+        {"$ref": "#/components/schemas/RealtimeKitSummary"},
+        {"$ref": "#/components/schemas/LivepeerSummary"},
+    ]
