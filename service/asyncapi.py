@@ -49,17 +49,18 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
         ),
     ).to_specification()
     jsonable: dict[str, Any] = spec.to_jsonable()
-    _inbound_payloads(jsonable)
+    _inbound_payloads(jsonable, {rt.topics.name(topic): model for topic, model in INBOUND.items()})
     return jsonable
 
 
-def _inbound_payloads(doc: dict[str, Any]) -> None:
-    """Point each inbound channel's message at its topic's model, in components.schemas."""
+def _inbound_payloads(doc: dict[str, Any], models: dict[str, type[BaseModel]]) -> None:
+    """Point each inbound channel's message at its topic's model (`models`, by the topic's
+    name as deployed, its prefix included), in components.schemas."""
     schemas = doc["components"]["schemas"]
     messages = doc["components"]["messages"]
     used = set()
     for channel in doc["channels"].values():
-        model = INBOUND.get(channel["address"])
+        model = models.get(channel["address"])
         if model is None:
             continue
         for ref in channel["messages"].values():

@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 
 from service.asyncapi import document
+from service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,3 +71,15 @@ def test_every_json_topic_has_its_payload_schema() -> None:
         {"$ref": "#/components/schemas/RealtimeKitSummary"},
         {"$ref": "#/components/schemas/LivepeerSummary"},
     ]
+
+
+def test_a_topic_prefix_keeps_the_payload_schemas() -> None:
+    """The API serves the document with the deployment's prefixed topic names."""
+    doc = document(Settings(kafka_bootstrap_servers="kafka:9092", topic_prefix="staging."))
+    refs = {
+        channel["address"]: _resolve(doc, ref["$ref"])["payload"]
+        for channel in doc["channels"].values()
+        for ref in channel["messages"].values()
+    }
+    assert refs["staging.rtk.peer-events"] == {"$ref": "#/components/schemas/RtkPeerEventIn"}
+    assert refs["staging.sessions.summaries"] == {"$ref": "#/components/schemas/SessionSummary"}
