@@ -58,20 +58,25 @@ def _inbound_payloads(doc: dict[str, Any], models: dict[str, type[BaseModel]]) -
     name as deployed, its prefix included), in components.schemas."""
     schemas = doc["components"]["schemas"]
     messages = doc["components"]["messages"]
-    used = set()
+    replaced = set()
     for channel in doc["channels"].values():
         model = models.get(channel["address"])
         if model is None:
             continue
         for ref in channel["messages"].values():
             message = messages[ref["$ref"].rsplit("/", 1)[1]]
-            used.add(message["payload"]["$ref"].rsplit("/", 1)[1])
+            replaced.add(message["payload"]["$ref"].rsplit("/", 1)[1])
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas.update(schema.pop("$defs", {}))
-            schemas[model.__name__] = schema
+            for name, sub in [*schema.pop("$defs", {}).items(), (model.__name__, schema)]:
+                if schemas.setdefault(name, sub) != sub:
+                    raise ValueError(f"two schemas named {name!r} in the AsyncAPI document")
             message["payload"] = {"$ref": f"#/components/schemas/{model.__name__}"}
-    for name in used - {m.__name__ for m in INBOUND.values()}:
-        del schemas[name]  # the shared placeholder FastStream wrote for the raw records
+    # The placeholder FastStream wrote for the raw records, unless a channel without a model
+    # still points at it.
+    text = orjson.dumps(doc).decode()
+    for name in replaced:
+        if f'"#/components/schemas/{name}"' not in text:
+            del schemas[name]
 
 
 def main(out: str | None) -> int:

@@ -10,11 +10,25 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, WithJsonSchema
 
 _OUT = ConfigDict(extra="forbid", strict=True)
 IsoTime = Annotated[str, Field(description="ISO-8601 UTC with milliseconds and `Z`", pattern=r"Z$")]
 Number = int | float
+
+
+def _not_null(value: str | None) -> str | None:
+    if value is None:
+        raise ValueError("absent when not known, never null")
+    return value
+
+
+# A string present only when known (a webhook gave it): absent otherwise, never null.
+OnlyWhenKnown = Annotated[
+    str | None,
+    AfterValidator(_not_null),
+    WithJsonSchema({"type": "string", "description": "only when known"}),
+]
 
 
 class _Outbound(BaseModel):
@@ -54,18 +68,20 @@ class RealtimeKitSummary(_SummaryCommon):
     """SessionSummary of a RealtimeKit (meeting) session."""
 
     source: Literal["realtimekit"]
-    type: Literal["meeting", "livestream", "participant"] | None
+    type: Literal["meeting", "livestream", "participant"]
     end_reason: Literal["ended", "idle_timeout"]
     participants_total: int
     max_concurrent_participants: int
     minutes_consumed: Number
     participants: list[Participant] = Field(description="by join time (never joined last), then id")
-    transcript_download_url: str | None = Field(default=None, description="only when known")
-    summary_download_url: str | None = Field(default=None, description="only when known")
-    chat_download_url: str | None = Field(default=None, description="only when known")
-    recording_status: str | None = Field(default=None, description="the newest recording's, only when known")
-    recording_download_url: str | None = Field(default=None, description="only when known")
-    livestreaming_status: str | None = Field(default=None, description="only when known")
+    transcript_download_url: OnlyWhenKnown = None
+    summary_download_url: OnlyWhenKnown = None
+    chat_download_url: OnlyWhenKnown = None
+    recording_status: str | None = Field(
+        default=None, description="the newest recording's, when there is one"
+    )
+    recording_download_url: OnlyWhenKnown = None
+    livestreaming_status: OnlyWhenKnown = None
 
 
 class LivepeerSummary(_SummaryCommon):
@@ -73,7 +89,7 @@ class LivepeerSummary(_SummaryCommon):
 
     source: Literal["livepeer"]
     type: Literal["stream"]
-    end_reason: Literal["ended", "idle_timeout"] | None
+    end_reason: Literal["ended", "idle_timeout"]
     source_bytes: Number | None
     transcoded_bytes: Number | None
     source_segments: Number | None
@@ -89,10 +105,8 @@ class LivepeerSummary(_SummaryCommon):
     mp4_url: str | None
 
 
-class SessionSummary(
-    RootModel[Annotated[RealtimeKitSummary | LivepeerSummary, Field(discriminator="source")]]
-):
-    """One per ended session; consumers keep the highest `revision` of each `message_id`."""
+class SessionSummary(RootModel[RealtimeKitSummary | LivepeerSummary]):
+    """One per ended session (`source` says which kind); consumers keep the highest `revision`."""
 
 
 class TranscriptReady(_Outbound):

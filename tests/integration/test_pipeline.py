@@ -16,6 +16,7 @@ from service import constants as C
 from service.constants import Topics
 from service.core import shapes
 from service.embedded import free_port
+from service.messages import SessionSummary
 
 from .harness import (
     Log,
@@ -161,6 +162,7 @@ async def test_sigkill_after_redis_write_before_commit_changes_nothing(
         copies: dict[tuple[str, int], set[bytes]] = {}
         for m in consume_all(kafka_bootstrap, topics.summaries):
             s = orjson.loads(m.value())
+            SessionSummary.model_validate(s)  # the shape docs/asyncapi.json gives
             copies.setdefault((s["message_id"], s["revision"]), set()).add(m.value())
         assert all(len(bodies) == 1 for bodies in copies.values()), "copies of one revision differ"
         assert {rev for _, rev in copies} == {1}
