@@ -442,7 +442,11 @@ class Worker:
 
     def _launch(self) -> None:
         """Start applying the queued records, unless a batch is in Redis already (its end
-        launches them) or the worker is stopping (they are read again after the restart)."""
+        launches them) or the worker is stopping (they are read again after the restart).
+
+        A sealed batch whose script calls have started is finished even when stopping: its
+        facts may be in Redis already, and read again they would be counted as duplicates,
+        never as applied (the counts must add up to one clean delivery)."""
         if self.in_flight is not None and not self.in_flight.done():
             return
         if self.sealed is not None:
@@ -451,7 +455,7 @@ class Worker:
             batch, self.pending = self.pending, Batch()
         else:
             return
-        if self.stopping.is_set():
+        if self.stopping.is_set() and batch.early is None:
             # Not applied: the next owner of these partitions (or this worker after a
             # restart) reads them again from the last committed offsets.
             self.rewind(batch.records)
@@ -529,10 +533,13 @@ class Worker:
 
     async def drained(self) -> None:
         """Wait until no batch is in flight and none is queued (at shutdown, the queued records
-        are rewound instead of applied)."""
-        while self.in_flight is not None and not self.in_flight.done():
-            await self.settled()
-        self._launch()
+        are rewound instead of applied, except a sealed batch whose calls have started)."""
+        while True:
+            while self.in_flight is not None and not self.in_flight.done():
+                await self.settled()
+            self._launch()
+            if self.in_flight is None or self.in_flight.done():
+                return
 
     async def complete(self, records: Sequence[ConsumerRecord], batch: Batch) -> None:
         """Apply a submitted batch (retrying faults), then commit its offsets."""

@@ -3,8 +3,10 @@ decoding all their records as one batch, each session's commands in record order
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from bench.logmix import backlog
 from service.constants import RTK_PEER_EVENTS, RTK_SESSIONS, Topics
@@ -61,3 +63,49 @@ def test_merged_batches_equal_one_batch_of_all_their_records(cuts: list[int]) ->
         merged.merge(_decoded(worker, records[a:b]))
     assert _shape(merged) == _shape(whole)
     assert len(whole.bad) == 2 and len(whole.by_session) > 10
+
+
+async def test_at_shutdown_a_sealed_batch_whose_calls_started_is_finished_and_the_rest_read_again() -> None:
+    """Its facts may be in Redis already: given up, they would be read again and counted as
+    duplicates, never as applied. The batch merging behind it, never sent, is read again."""
+    records = _records()
+    worker = _worker()
+    worker.stopping = asyncio.Event()
+    worker.in_flight = None
+    worker.in_flight_records = 0
+    worker.sealed, worker.pending = Batch(records=records[:10]), Batch(records=records[10:20])
+    worker.sealed.early = asyncio.ensure_future(asyncio.sleep(0, result={}))
+    finished: list[list[ConsumerRecord]] = []
+    seeks: list[tuple[TopicPartition, int]] = []
+
+    async def complete(recs: list[ConsumerRecord], batch: Batch) -> None:
+        assert batch.early is not None
+        await batch.early
+        finished.append(recs)
+
+    class Consumer:
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            seeks.append((tp, offset))
+
+    worker.complete = complete  # type: ignore[method-assign]
+    worker.consumer = Consumer()
+    worker.stopping.set()
+    await worker.drained()
+    assert finished == [records[:10]]
+    assert sorted(seeks) == sorted(
+        (TopicPartition(r.topic, r.partition), r.offset)
+        for r in records[10:20]
+        if r.offset
+        == min(x.offset for x in records[10:20] if (x.topic, x.partition) == (r.topic, r.partition))
+    )
+    assert worker.in_flight is not None and worker.in_flight.done()
+
+    # Without calls started, a sealed batch is read again like the rest.
+    worker.sealed, worker.pending = Batch(records=records[20:30]), Batch()
+    finished.clear()
+    seeks.clear()
+    await worker.drained()
+    assert finished == [] and {o for _, o in seeks} == {
+        min(x.offset for x in records[20:30] if (x.topic, x.partition) == (r.topic, r.partition))
+        for r in records[20:30]
+    }
