@@ -258,9 +258,10 @@ class Store:
         """Apply each session's commands with one script call.
 
         The calls go out in pipelines of about APPLY_CHUNK_COMMANDS commands, each on its own
-        connection and all at once: Redis starts on the first while the worker still builds
-        and encodes the next, and each pipeline's replies are read as they come. The sessions
-        are distinct, so the order in which Redis runs the pipelines does not matter.
+        connection, one after the other without waiting for replies: Redis starts on the first
+        while the worker still builds and encodes the next, and each pipeline's replies are
+        read as they come. The sessions are distinct, so the order in which Redis runs the
+        pipelines does not matter.
         """
         parts: list[list[str]] = [[]]
         size = 0
@@ -274,9 +275,24 @@ class Store:
         async def run(sids: list[str]) -> list[Any]:
             return await self._evalsha_many(APPLY, [self.apply_call(sid, batch[sid]) for sid in sids])
 
+        # One pipeline is built and written before the next is built. Started all at once,
+        # every pipeline was built before the first was written (the event loop writes between
+        # the steps of its tasks, and on Python 3.11 redis-py writes in a task of its own, by
+        # `asyncio.wait_for`): Redis sat idle for about 0.15 s per merged batch of 60,000
+        # records (docs/performance.md, "Sixth round").
+        running: list[asyncio.Future[list[Any]]] = []
+        try:
+            for p in parts:
+                running.append(asyncio.ensure_future(run(p)))
+                await asyncio.sleep(0)  # its step (build, then write) runs before the next part's
+        except asyncio.CancelledError:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            raise
         # Every pipeline runs to its end before a failure is raised: none is left running
         # while the caller retries the batch.
-        outcomes = await asyncio.gather(*(run(p) for p in parts), return_exceptions=True)
+        outcomes = await asyncio.gather(*running, return_exceptions=True)
         for o in outcomes:
             if isinstance(o, BaseException):
                 raise o

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import hiredis
 import pytest
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
+from service import store as store_module
 from service.core.model import PeerEvent
 from service.embedded import start_redis
-from service.store import Store, pipeline_replies
+from service.store import Command, Store, pipeline_replies
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +79,49 @@ async def test_push_messages_are_not_taken_for_replies(redis_url: str) -> None:
     finally:
         await client.delete(key)
         await client.aclose()
+
+
+async def test_a_batch_pipeline_is_written_before_the_next_one_is_built(
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis works on a batch's first pipeline while the worker builds the next: each pipeline
+    is written before the next one's calls are built. Started all at once, every pipeline was
+    built before the first was written, and Redis waited meanwhile."""
+    monkeypatch.setattr(store_module, "APPLY_CHUNK_COMMANDS", 10)
+    store = Store(redis_client, retention_ms=60_000)
+    await store.load_scripts()
+
+    def batch_of(sids: list[str]) -> dict[str, list[Command]]:
+        return {sid: [PeerEvent(sid, f"e-{sid}", "peer-1", 2, 1_000, '{"peer_id":"peer-1"}')] for sid in sids}
+
+    # As in a running worker, the pipelines' connections are open already (a first batch).
+    await store.apply(batch_of([f"stagger-{uuid.uuid4()}" for _ in range(35)]))
+    sids = [f"stagger-{uuid.uuid4()}" for _ in range(35)]  # four pipelines, the last one short
+    batch = batch_of(sids)
+    built = 0
+    written: list[tuple[int, int]] = []  # per write of script calls: (calls built, calls written)
+    build = store.apply_call
+
+    def apply_call(sid: str, cmds: Sequence[Command]) -> Any:
+        nonlocal built
+        built += 1
+        return build(sid, cmds)
+
+    writelines = asyncio.StreamWriter.writelines
+
+    def recording(self: asyncio.StreamWriter, data: Iterable[bytes]) -> None:
+        chunks = list(data)
+        calls = b"".join(chunks).count(b"EVALSHA")
+        if calls:
+            written.append((built, calls))
+        writelines(self, chunks)
+
+    monkeypatch.setattr(store, "apply_call", apply_call)
+    monkeypatch.setattr(asyncio.StreamWriter, "writelines", recording)
+    results = await store.apply(batch)
+    assert [r.letters for r in results.values()] == ["A"] * len(sids)
+    assert [calls for _, calls in written] == [10, 10, 10, 5]
+    sent = 0
+    for built_then, calls in written:
+        sent += calls
+        assert built_then == sent  # nothing of the next pipeline built before this one went out
