@@ -32,8 +32,11 @@ log = logging.getLogger(__name__)
 SETTLE_WINDOW = 10_000
 # Sessions built between two yields to the event loop.
 BUILD_SLICE = 50
-# Sessions per part of a pass: one part is read and built while the one before is published.
+# Sessions per part of a pass: parts are read ahead and built while the ones before are published.
 PASS_PART = 100
+# Parts of a pass whose reads are on their way while one is built: with one, the worker still
+# waited on the next read for a fifth of a pass (docs/performance.md, "Sixth round").
+READ_AHEAD = 3
 # Most sessions whose settling the outbox keeps track of.
 SETTLING_LIMIT = 100_000
 
@@ -164,8 +167,9 @@ class Outbox:
         self.source = source or rtk_source(store)
         self.channels = {c.name: c for c in channels}
         self.stats = stats
-        # Sessions per pass, taken in parts of PASS_PART that overlap (one is built while the one
-        # before is published), so a backlog of due sessions goes out in a pass or two. Building
+        # Sessions per pass, taken in parts of PASS_PART that overlap (one is built while the ones
+        # before are published and READ_AHEAD are read), so a backlog of due sessions goes out
+        # in a pass or two. Building
         # is CPU work on the worker's event loop: it yields every BUILD_SLICE sessions, so a
         # batch never waits behind a whole pass.
         self.chunk = chunk
@@ -256,19 +260,20 @@ class Outbox:
             if pre is not None and pre[0] == queued_at:
                 built_for[sid] = pre[1]
         # The pass goes in parts, overlapped: while one part is committed, published and
-        # recorded (round trips to Redis and the broker's acknowledgements), the next is read
-        # and built. A pass done in one piece waited for them about a third of its time.
+        # recorded (round trips to Redis and the broker's acknowledgements), the next ones are
+        # read and one is built. A pass done in one piece waited for them about a third of its
+        # time.
         parts = [due[i : i + PASS_PART] for i in range(0, len(due), PASS_PART)]
         fresh = [[sid for sid, _ in part if sid not in built_for] for part in parts]
         finishing: list[asyncio.Task[int]] = []
-        upcoming = self._load_soon(fresh[0])
+        reads = [self._load_soon(sids) for sids in fresh[:READ_AHEAD]]
         try:
             for i, part in enumerate(parts):
                 if any(t.done() and not t.cancelled() and t.exception() is not None for t in finishing):
                     break  # a part failed (Redis, or the broker unreachable): the rest waits
-                loaded = await upcoming
-                if i + 1 < len(parts):
-                    upcoming = self._load_soon(fresh[i + 1])
+                loaded = await reads[i]
+                if i + READ_AHEAD < len(parts):
+                    reads.append(self._load_soon(fresh[i + READ_AHEAD]))
                 built_for.update(zip(fresh[i], await self._build_loaded(fresh[i], loaded), strict=True))
                 finishing.append(asyncio.create_task(self._finish(part, built_for)))
         except (Exception, asyncio.CancelledError) as exc:
@@ -278,11 +283,13 @@ class Outbox:
             if isinstance(exc, asyncio.CancelledError):
                 for task in finishing:
                     task.cancel()
-            upcoming.cancel()  # nothing if it was awaited already
-            await asyncio.gather(upcoming, *finishing, return_exceptions=True)
+            for read in reads:
+                read.cancel()  # nothing for those awaited already
+            await asyncio.gather(*reads, *finishing, return_exceptions=True)
             raise
-        upcoming.cancel()  # the read of a part that a failure left out, if any
-        await asyncio.gather(upcoming, return_exceptions=True)
+        for read in reads:
+            read.cancel()  # the reads of parts that a failure left out, if any
+        await asyncio.gather(*reads, return_exceptions=True)
         outcomes = await asyncio.gather(*finishing, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):

@@ -20,7 +20,7 @@ from service import constants as C
 from service.constants import Topics
 from service.core.model import Artifact, PeerEvent, SessionMessage
 from service.errors import StoreUnavailable
-from service.outbox import PASS_PART, Outbox, Source, channels, rtk_source
+from service.outbox import PASS_PART, READ_AHEAD, Outbox, Source, channels, rtk_source
 from service.stats import Stats
 from service.store import Command, Store
 
@@ -184,22 +184,29 @@ async def test_a_broker_outage_keeps_summaries_queued(redis_client: aioredis.Red
 async def test_a_pass_in_parts_overlaps_them_and_a_failing_part_keeps_the_rest_queued(
     redis_client: aioredis.Redis,
 ) -> None:
-    """A pass larger than one part reads the next part before the one before is published,
-    every session goes out once, and when the broker becomes unreachable part-way the parts
-    before are done while the failing part and those after it stay queued."""
+    """A pass larger than one part reads READ_AHEAD parts before the first is published (and
+    no more), every session goes out once, and when the broker becomes unreachable part-way
+    the parts before are done while the failing part and those after it stay queued."""
     store = Store(redis_client, retention_ms=60_000)
     await store.load_scripts()
-    n = 2 * PASS_PART + PASS_PART // 2  # three parts, the last one half full
+    n = (READ_AHEAD + 1) * PASS_PART + PASS_PART // 2  # READ_AHEAD + 2 parts, the last half full
     sids = [f"parts-{i:04d}" for i in range(n)]
     await store.update_indexes(
         await store.apply({sid: [_join(sid, "a", 1_000), _ended(sid, 60_000)] for sid in sids})
     )
     steps: list[str] = []  # reads and publishes, in the order they happen
     real = rtk_source(store)
+    reading = most_reading = 0
 
     async def load(part: Sequence[str]) -> list[Any]:
+        nonlocal reading, most_reading
         steps.append(f"read {len(part)}")
-        return await real.load(part)
+        reading += 1
+        most_reading = max(most_reading, reading)
+        try:
+            return await real.load(part)
+        finally:
+            reading -= 1
 
     class DiesAfter(RecordingPublisher):
         def __init__(self, ok: int) -> None:
@@ -218,7 +225,9 @@ async def test_a_pass_in_parts_overlaps_them_and_a_failing_part_keeps_the_rest_q
     outbox = Outbox(store, channels(dying, dying), Stats(), source=source)  # type: ignore[arg-type]
     with pytest.raises(KafkaConnectionError):
         await outbox.drain_once()
-    assert steps[:2] == [f"read {PASS_PART}", f"read {PASS_PART}"]  # the 2nd before any publish
+    # The parts after the first are read before any publish, but only READ_AHEAD at a time.
+    assert steps[:READ_AHEAD] == [f"read {PASS_PART}"] * READ_AHEAD
+    assert most_reading == READ_AHEAD
     first = sorted(orjson.loads(b)["session_id"] for b in dying.sent)
     assert len(first) == PASS_PART
     queued = sorted(sid for sid, _ in await store.outbox_due(n))
