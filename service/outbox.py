@@ -168,10 +168,9 @@ class Outbox:
         self.channels = {c.name: c for c in channels}
         self.stats = stats
         # Sessions per pass, taken in parts of PASS_PART that overlap (one is built while the ones
-        # before are published and READ_AHEAD are read), so a backlog of due sessions goes out
-        # in a pass or two. Building
-        # is CPU work on the worker's event loop: it yields every BUILD_SLICE sessions, so a
-        # batch never waits behind a whole pass.
+        # before are published and up to READ_AHEAD are read), so a backlog of due sessions goes
+        # out in a pass or two. Building is CPU work on the worker's event loop: it yields every
+        # BUILD_SLICE sessions, so a batch never waits behind a whole pass.
         self.chunk = chunk
         # While `defer()` says the worker is draining a backlog, late facts keep changing ended
         # sessions: waiting (at most max_defer_s) publishes one revision instead of many.
@@ -284,11 +283,11 @@ class Outbox:
                 for task in finishing:
                     task.cancel()
             for read in reads:
-                read.cancel()  # nothing for those awaited already
+                read.cancel()  # nothing for those awaited already; Redis may be what failed
             await asyncio.gather(*reads, *finishing, return_exceptions=True)
             raise
-        for read in reads:
-            read.cancel()  # the reads of parts that a failure left out, if any
+        # The reads of parts that a failed part left out, if any, are let finish rather than
+        # cancelled (Redis answers; a read cancelled part-way would close its connection).
         await asyncio.gather(*reads, return_exceptions=True)
         outcomes = await asyncio.gather(*finishing, return_exceptions=True)
         for outcome in outcomes:

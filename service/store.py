@@ -258,9 +258,9 @@ class Store:
         """Apply each session's commands with one script call.
 
         The calls go out in pipelines of about APPLY_CHUNK_COMMANDS commands, each on its own
-        connection, one after the other without waiting for replies: Redis starts on the first
-        while the worker still builds and encodes the next, and each pipeline's replies are
-        read as they come. The sessions are distinct, so the order in which Redis runs the
+        connection, one after the other without waiting for replies: Redis normally starts on
+        the first while the worker still builds and encodes the next (see below), and each
+        pipeline's replies are read as they come. The sessions are distinct, so the order in which Redis runs the
         pipelines does not matter.
         """
         parts: list[list[str]] = [[]]
@@ -275,16 +275,20 @@ class Store:
         async def run(sids: list[str]) -> list[Any]:
             return await self._evalsha_many(APPLY, [self.apply_call(sid, batch[sid]) for sid in sids])
 
-        # One pipeline is built and written before the next is built. Started all at once,
-        # every pipeline was built before the first was written (the event loop writes between
-        # the steps of its tasks, and on Python 3.11 redis-py writes in a task of its own, by
-        # `asyncio.wait_for`): Redis sat idle for about 0.15 s per merged batch of 60,000
-        # records (docs/performance.md, "Sixth round").
+        # One pipeline is started at a time, and given a step of the event loop to be built and
+        # written before the next is built. Started all at once, every pipeline was built before
+        # the first was written (the event loop writes between the steps of its tasks, and on
+        # Python 3.11 redis-py writes in a task of its own, by `asyncio.wait_for`, when a
+        # socket timeout is set): Redis sat idle for about 0.15 s per merged batch of 60,000
+        # records (docs/performance.md, "Sixth round"). On a pooled connection that is open and
+        # needs no health check, one step is enough; one that must connect or PING first is
+        # written a little later, as before.
         running: list[asyncio.Future[list[Any]]] = []
         try:
-            for p in parts:
+            for n, p in enumerate(parts, 1):
                 running.append(asyncio.ensure_future(run(p)))
-                await asyncio.sleep(0)  # its step (build, then write) runs before the next part's
+                if n < len(parts):
+                    await asyncio.sleep(0)  # its step (build, then write) runs before the next's
         except asyncio.CancelledError:
             for task in running:
                 task.cancel()

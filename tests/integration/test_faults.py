@@ -184,9 +184,10 @@ async def test_a_broker_outage_keeps_summaries_queued(redis_client: aioredis.Red
 async def test_a_pass_in_parts_overlaps_them_and_a_failing_part_keeps_the_rest_queued(
     redis_client: aioredis.Redis,
 ) -> None:
-    """A pass larger than one part reads READ_AHEAD parts before the first is published (and
-    no more), every session goes out once, and when the broker becomes unreachable part-way
-    the parts before are done while the failing part and those after it stay queued."""
+    """A pass larger than one part reads the parts after the first before the first is
+    published, with at most READ_AHEAD reads in flight; every session goes out once, and when
+    the broker becomes unreachable part-way the parts before are done while the failing part
+    and those after it stay queued."""
     store = Store(redis_client, retention_ms=60_000)
     await store.load_scripts()
     n = (READ_AHEAD + 1) * PASS_PART + PASS_PART // 2  # READ_AHEAD + 2 parts, the last half full

@@ -13,8 +13,10 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
 from service import store as store_module
+from service.config import Settings
 from service.core.model import PeerEvent
 from service.embedded import start_redis
+from service.runtime import build_redis
 from service.store import Command, Store, pipeline_replies
 
 pytestmark = pytest.mark.integration
@@ -82,13 +84,14 @@ async def test_push_messages_are_not_taken_for_replies(redis_url: str) -> None:
 
 
 async def test_a_batch_pipeline_is_written_before_the_next_one_is_built(
-    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redis works on a batch's first pipeline while the worker builds the next: each pipeline
     is written before the next one's calls are built. Started all at once, every pipeline was
     built before the first was written, and Redis waited meanwhile."""
     monkeypatch.setattr(store_module, "APPLY_CHUNK_COMMANDS", 10)
-    store = Store(redis_client, retention_ms=60_000)
+    client = build_redis(Settings(redis_url=redis_url))  # the worker's client and connections
+    store = Store(client, retention_ms=60_000)
     await store.load_scripts()
 
     def batch_of(sids: list[str]) -> dict[str, list[Command]]:
@@ -118,7 +121,10 @@ async def test_a_batch_pipeline_is_written_before_the_next_one_is_built(
 
     monkeypatch.setattr(store, "apply_call", apply_call)
     monkeypatch.setattr(asyncio.StreamWriter, "writelines", recording)
-    results = await store.apply(batch)
+    try:
+        results = await store.apply(batch)
+    finally:
+        await client.aclose()
     assert [r.letters for r in results.values()] == ["A"] * len(sids)
     assert [calls for _, calls in written] == [10, 10, 10, 5]
     sent = 0
