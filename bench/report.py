@@ -234,6 +234,11 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _minutes(seconds: float) -> str:
+    n = max(1, round(seconds / 60))
+    return f"{n} minute" if n == 1 else f"{n} minutes"
+
+
 def markdown(r: dict[str, Any], results_file: str) -> str:
     """The generated part of docs/performance.md."""
     p, m, v = r["params"], r["machine"], r["versions"]
@@ -242,7 +247,7 @@ def markdown(r: dict[str, Any], results_file: str) -> str:
         "",
         "## Latest run",
         "",
-        f"Reproduce with `{r['command']}` (about {r['total_seconds'] / 60:.0f} minutes here);"
+        f"Reproduce with `{r['command']}` (about {_minutes(r['total_seconds'])} here);"
         f" every figure below is in [`{results_file}`]({'../' + results_file}).",
         "",
         f"Machine: {m['cores']} cores ({m['cpu_model'] or 'unknown CPU'}), {m['memory_gib']} GiB,"
@@ -300,7 +305,8 @@ def markdown(r: dict[str, Any], results_file: str) -> str:
             lines.append(
                 f"- By phase: from the first to the last commit the worker applied {_n(split[0])}"
                 f" events/s; the last summary was read back {split[1]:.2f} s after the last commit"
-                " (`OUTBOX_QUIET_SECONDS` is the floor of that tail)."
+                " (the outbox's passes: the log's sessions are older than `OUTBOX_QUIET_SECONDS`, so they go as"
+                " soon as the whole backlog is applied)."
             )
         lines.append(
             "- CPU time per event over the drain, which other load on the machine disturbs less than"
