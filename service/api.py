@@ -26,7 +26,7 @@ from .core.streams import StreamView, stream_session_object, stream_summary
 from .core.timeutil import iso_ms, now_ms, parse_iso_ms
 from .intake import install_intake
 from .outbox import content_hash
-from .runtime import Runtime, build_runtime, configure_logging
+from .runtime import Runtime, build_runtime, configure_logging, runtime_or_exit
 from .store import view_from_raw, zset_members
 from .stream_store import StreamStore
 
@@ -546,7 +546,7 @@ async def _matching_ids(
 def main() -> int:
     import uvicorn
 
-    rt = build_runtime()
+    rt = runtime_or_exit("api")
     configure_logging(rt.settings.log_level, rt.settings.log_format)
     uvicorn.run(
         create_app(rt),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from functools import cached_property
+from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,6 +51,60 @@ class Settings(BaseSettings):
     kafka_group_instance_id: str | None = None
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
+    # Kafka security, for a secured or managed cluster: TLS, SASL, or both (every Kafka
+    # connection of the service uses them). PLAINTEXT: neither.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None  # PEM CA certificates; unset: the system's trust store
+    kafka_ssl_certfile: str | None = None  # PEM client certificate (mutual TLS)
+    kafka_ssl_keyfile: str | None = None  # its private key, when not in the certificate file
+    kafka_ssl_check_hostname: bool = True
+
+    @field_validator(
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_none(cls, v: object) -> object:
+        # A variable set to nothing (a template's `KAFKA_SSL_CAFILE=`) means unset.
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _kafka_security_is_whole(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        sasl = {
+            "KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+            "KAFKA_SASL_USERNAME": self.kafka_sasl_username,
+            "KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
+        }
+        if protocol.startswith("SASL_"):
+            if missing := [name for name, value in sasl.items() if value is None]:
+                raise ValueError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)}")
+        elif given := [name for name, value in sasl.items() if value is not None]:
+            raise ValueError(
+                f"{', '.join(given)} set, but KAFKA_SECURITY_PROTOCOL={protocol} uses no SASL"
+                " (SASL_PLAINTEXT or SASL_SSL does)"
+            )
+        tls = {
+            "KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+            "KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+        }
+        files = [name for name, value in tls.items() if value is not None]
+        if files and not protocol.endswith("SSL"):
+            raise ValueError(
+                f"{', '.join(files)} set, but KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS (SSL or SASL_SSL does)"
+            )
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE, the certificate it belongs to")
+        return self
 
     @field_validator("kafka_group_instance_id")
     @classmethod
@@ -90,3 +145,13 @@ class Settings(BaseSettings):
     @property
     def retention_ms(self) -> int:
         return self.retention_seconds * 1000
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """Why settings were refused, one `NAME: reason` per problem, without the values given:
+    pydantic's own message repeats them, and they may be secrets (KAFKA_SASL_PASSWORD)."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = "_".join(str(part) for part in error["loc"]).upper()
+        problems.append(f"{name}: {error['msg']}" if name else error["msg"])
+    return "; ".join(problems)

@@ -196,8 +196,10 @@ async def run_demo(
     sessions: int = 8,
     stop: asyncio.Event,
     seed: int | None = None,
+    client_options: dict[str, Any] | None = None,
 ) -> None:
-    """Keep about `sessions` meetings live, in real time, until `stop` is set."""
+    """Keep about `sessions` meetings live, in real time, until `stop` is set. `client_options`:
+    aiokafka's security arguments for a broker other than the embedded one."""
     rng = random.Random(seed)
     orgs = [_uuid(rng) for _ in range(3)]
     producer = AIOKafkaProducer(
@@ -206,6 +208,7 @@ async def run_demo(
         acks="all",
         enable_idempotence=False,  # tansu refuses InitProducerId
         linger_ms=5,
+        **(client_options or {}),
     )
     await producer.start()
     try:

@@ -11,8 +11,9 @@ import sys
 from collections.abc import Awaitable
 
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 
-from service.config import Settings
+from service.config import Settings, describe_invalid
 from service.constants import Topics
 from service.demo import run_demo
 from service.embedded import (
@@ -24,6 +25,8 @@ from service.embedded import (
     start_redis,
     topic_layout,
 )
+from service.errors import ConfigurationError
+from service.runtime import kafka_client_options
 
 _CHILD_GRACE = 20.0  # seconds a worker gets to finish its batch and commit
 _POLL = 0.2
@@ -51,9 +54,12 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
     demo_task: asyncio.Task[None] | None = None
     try:
         bootstrap, redis_url = _servers(settings, servers)
+        # The embedded broker speaks PLAINTEXT (_servers refuses other settings for it); a
+        # configured one gets the service's security settings, as the worker and API do.
+        options = kafka_client_options(settings)
         topics = Topics(settings.topic_prefix)
         layout = topic_layout(topics, inbound=6, outbound=3)
-        if not await _unless_stopped(stop, ensure_topics(bootstrap, layout)):
+        if not await _unless_stopped(stop, ensure_topics(bootstrap, layout, **options)):
             return 0
         env = {
             **os.environ,
@@ -65,10 +71,12 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
         for role in ("worker", "api"):
             children[role] = spawn([sys.executable, "-m", "service", role], env=env)
         if demo:
-            demo_task = asyncio.create_task(run_demo(bootstrap, topics, stop=demo_stop))
+            demo_task = asyncio.create_task(
+                run_demo(bootstrap, topics, stop=demo_stop, client_options=options)
+            )
         _banner(settings, bootstrap, redis_url, servers, children, demo)
         return await _watch(stop, servers, children, demo_task)
-    except (EmbeddedError, KafkaError) as e:
+    except (EmbeddedError, ConfigurationError, KafkaError) as e:
         _say(f"sessionpulse dev: {e}")
         return 1
     finally:
@@ -87,7 +95,12 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
 
 def main_dev(argv_demo: bool) -> int:
     """Entry point for `python -m service dev [--demo]`."""
-    return asyncio.run(run_dev(Settings(), demo=argv_demo))
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        _say(f"sessionpulse dev: invalid configuration: {describe_invalid(exc)}")
+        return 1
+    return asyncio.run(run_dev(settings, demo=argv_demo))
 
 
 def _servers(settings: Settings, servers: list[EmbeddedServer]) -> tuple[str, str]:
@@ -95,6 +108,11 @@ def _servers(settings: Settings, servers: list[EmbeddedServer]) -> tuple[str, st
     configured = settings.model_fields_set
     bootstrap = settings.kafka_bootstrap_servers
     if "kafka_bootstrap_servers" not in configured:
+        if settings.kafka_security_protocol != "PLAINTEXT":
+            raise ConfigurationError(
+                f"KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol} needs KAFKA_BOOTSTRAP_SERVERS:"
+                " the embedded broker speaks PLAINTEXT only"
+            )
         kafka = start_kafka()
         servers.append(kafka)
         bootstrap = kafka.bootstrap

@@ -259,13 +259,17 @@ def _start(
     raise AssertionError("unreachable")
 
 
-def start_kafka(port: int | None = None) -> KafkaServer:
-    """Start tansu on 127.0.0.1 (a free port by default) and wait until it answers."""
+def start_kafka(port: int | None = None, *, advertised_port: int | None = None) -> KafkaServer:
+    """Start tansu on 127.0.0.1 (a free port by default) and wait until it answers.
+
+    `advertised_port`: the port the broker gives clients as its address (its metadata), when
+    they reach it through something else listening there, e.g. a TLS-terminating proxy."""
     binary = _tansu_binary()
 
     def argv(p: int, _dir: Path) -> list[str]:
         url = f"tcp://127.0.0.1:{p}"
-        return [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+        advertised = f"tcp://127.0.0.1:{advertised_port or p}"
+        return [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised]
 
     return _start(KafkaServer, "tansu", argv, _kafka_answers, port)
 
@@ -385,13 +389,19 @@ def topic_layout(topics: Topics, *, inbound: int, outbound: int) -> dict[str, in
     return layout
 
 
-async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create the missing topics with their partition counts; existing ones are left alone."""
+async def ensure_topics(bootstrap: str, topics: dict[str, int], **client_options: Any) -> None:
+    """Create the missing topics with their partition counts; existing ones are left alone.
+
+    `client_options` are aiokafka's security arguments for a broker other than the embedded one
+    (`runtime.kafka_client_options`)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + _START_TIMEOUT
     while True:
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=bootstrap, client_id="sessionpulse-admin", request_timeout_ms=5000
+            bootstrap_servers=bootstrap,
+            client_id="sessionpulse-admin",
+            request_timeout_ms=5000,
+            **client_options,
         )
         try:
             await admin.start()

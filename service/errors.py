@@ -22,3 +22,8 @@ class StoreUnavailable(SessionPulseError):
     """Redis cannot be reached or answered with a transient error: back off and retry."""
 
     retriable = True
+
+
+class ConfigurationError(SessionPulseError, ValueError):
+    """A setting that cannot be used as given (a file that does not load, settings that do
+    not go together); the message names the setting."""

@@ -24,12 +24,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 from redis import exceptions as rexc
 
 from . import constants as C
-from .config import Settings
+from .config import Settings, describe_invalid
 from .constants import Topics
-from .runtime import build_redis
+from .errors import ConfigurationError
+from .runtime import build_redis, kafka_client_options
 
 # The worker's subscription (worker.Worker._decoders): every topic whose records it applies.
 INBOUND = (
@@ -71,6 +73,7 @@ async def rebuild(settings: Settings, *, clear_redis: bool, join_timeout_s: floa
         partition_assignment_strategy=(RangePartitionAssignor,),
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        **kafka_client_options(settings),
     )
     try:
         await consumer.start()
@@ -143,7 +146,9 @@ async def _other_members(settings: Settings, consumer: Any) -> list[str]:
     """Member ids the broker lists in the group besides ours (empty if it cannot describe groups)."""
     mine = consumer._coordinator.member_id
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_list, client_id=f"{settings.kafka_client_id}-rebuild"
+        bootstrap_servers=settings.bootstrap_list,
+        client_id=f"{settings.kafka_client_id}-rebuild",
+        **kafka_client_options(settings),
     )
     try:
         await admin.start()
@@ -217,7 +222,13 @@ def _report(
 
 def main_rebuild(*, clear_redis: bool, join_timeout_s: float) -> int:
     """Entry point for `python -m service rebuild`."""
-    settings = Settings()
+    try:
+        settings = Settings()
+        kafka_client_options(settings)  # its files load, before anything is changed
+    except (ValidationError, ConfigurationError) as exc:
+        why = describe_invalid(exc) if isinstance(exc, ValidationError) else str(exc)
+        _err(f"rebuild: invalid configuration: {why}")
+        return FAILED
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(rebuild(settings, clear_redis=clear_redis, join_timeout_s=join_timeout_s))
     return FAILED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 import time
 from collections.abc import Iterable
@@ -13,11 +14,15 @@ from typing import Any
 import hiredis
 import orjson
 from faststream.kafka import KafkaBroker
+from faststream.kafka.security import parse_security
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+from pydantic import ValidationError
 from redis.asyncio import Connection, Redis
 from redis.asyncio.cluster import RedisCluster
 
-from .config import Settings
+from .config import Settings, describe_invalid
 from .constants import Topics
+from .errors import ConfigurationError
 from .store import Store
 
 # Context a log line may carry (`extra=`), kept as fields of the JSON line.
@@ -99,9 +104,62 @@ def build_redis(settings: Settings) -> Redis:
 FASTSTREAM_LOGGER = "service.faststream"
 
 
+_SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+
+
+def kafka_security(settings: Settings) -> BaseSecurity | None:
+    """TLS and SASL for the service's Kafka connections, from KAFKA_SECURITY_PROTOCOL and the
+    settings that go with it (checked whole by Settings); None for PLAINTEXT.
+
+    Raises ConfigurationError, naming the setting, when a certificate or key file cannot be
+    loaded.
+    """
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = _ssl_context(settings) if protocol.endswith("SSL") else None
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context)
+    assert settings.kafka_sasl_mechanism and settings.kafka_sasl_username and settings.kafka_sasl_password
+    return _SASL[settings.kafka_sasl_mechanism](
+        settings.kafka_sasl_username,
+        settings.kafka_sasl_password.get_secret_value(),
+        ssl_context=context,
+        use_ssl=context is not None,
+    )
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """The same security as keyword arguments of aiokafka's own clients (rebuild, dev, demo)."""
+    return parse_security(kafka_security(settings))
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    """Server certificates verified against KAFKA_SSL_CAFILE (else the system's trust store),
+    host names checked unless KAFKA_SSL_CHECK_HOSTNAME is false, and a client certificate for
+    mutual TLS when KAFKA_SSL_CERTFILE is set."""
+    try:
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            f"KAFKA_SSL_CAFILE {settings.kafka_ssl_cafile!r} cannot be loaded: {exc}"
+        ) from exc
+    context.check_hostname = settings.kafka_ssl_check_hostname
+    if settings.kafka_ssl_certfile is not None:
+        try:
+            context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"KAFKA_SSL_CERTFILE {settings.kafka_ssl_certfile!r} / KAFKA_SSL_KEYFILE"
+                f" {settings.kafka_ssl_keyfile!r} cannot be loaded: {exc}"
+            ) from exc
+    return context
+
+
 def build_broker(settings: Settings) -> KafkaBroker:
     return KafkaBroker(
         settings.bootstrap_list,
+        security=kafka_security(settings),
         client_id=settings.kafka_client_id,
         acks="all",
         # Real Kafka: on. The embedded tansu broker does not implement InitProducerId.
@@ -154,6 +212,17 @@ class Runtime:
             await self.broker.publish(body, topic=topic, key=key, headers=headers)
 
         await asyncio.wait_for(send(), timeout=timeout_s)
+
+
+def runtime_or_exit(command: str) -> Runtime:
+    """build_runtime() for a command's entry point: settings that cannot be used end the
+    process with a message naming them (exit code 1), not a traceback."""
+    try:
+        return build_runtime()
+    except ValidationError as exc:
+        raise SystemExit(f"sessionpulse {command}: invalid configuration: {describe_invalid(exc)}") from None
+    except ConfigurationError as exc:
+        raise SystemExit(f"sessionpulse {command}: invalid configuration: {exc}") from None
 
 
 def build_runtime(settings: Settings | None = None) -> Runtime:

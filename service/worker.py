@@ -39,7 +39,7 @@ from .errors import InvalidMessage, StoreUnavailable
 from .livepeer import decode_livepeer_webhook, decode_snapshot
 from .messages import SessionSummary, TranscriptReady
 from .outbox import Outbox, channels, stream_channels, stream_source
-from .runtime import FASTSTREAM_LOGGER, Runtime, build_runtime, configure_logging
+from .runtime import FASTSTREAM_LOGGER, Runtime, build_runtime, configure_logging, runtime_or_exit
 from .stats import Stats
 from .store import Applied, Command
 from .stream_store import StreamApplied, StreamStore
@@ -937,7 +937,7 @@ def _safe_url(url: str) -> str:
 
 
 def main() -> int:
-    rt = build_runtime()
+    rt = runtime_or_exit("worker")
     # Before the app starts: FastStream logs "starting" before its startup hooks run.
     configure_logging(rt.settings.log_level, rt.settings.log_format)
     app, _ = build_app(rt)

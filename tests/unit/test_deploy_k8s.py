@@ -95,8 +95,13 @@ def test_the_secret_holds_placeholders_only() -> None:
         assert ref == {"name": secret["metadata"]["name"], "key": key} | (
             {"optional": True} if key != "REDIS_URL" else {}
         )
-    # The worker needs Redis, not the webhook keys or the API keys.
-    assert set(_env(_worker())) & set(secret["stringData"]) == {"REDIS_URL"}
+    # The worker needs Redis and Kafka, not the webhook keys or the API keys.
+    worker_env = _env(_worker())
+    assert set(worker_env) & set(secret["stringData"]) == {"REDIS_URL", "KAFKA_SASL_PASSWORD"}
+    assert (
+        worker_env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        == api_env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    )
 
 
 def test_settings_in_the_configmap_parse() -> None:
