@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 from faststream.specification import AsyncAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from . import constants as C
-from .config import Settings
+from .config import Settings, describe_invalid
 from .livepeer import LivepeerSessionIn, LivepeerWebhookIn
 from .runtime import build_runtime
 from .webhooks import WebhookIn
@@ -32,12 +33,27 @@ INBOUND: dict[str, type[BaseModel]] = {
 }
 
 
+_DOCUMENTED: dict[str, Any] = {
+    "kafka_bootstrap_servers": "kafka:9092",
+    "topic_prefix": "",
+    "kafka_security_protocol": "PLAINTEXT",
+    "kafka_sasl_mechanism": None,
+    "kafka_sasl_username": None,
+    "kafka_sasl_password": None,
+    "kafka_ssl_cafile": None,
+    "kafka_ssl_certfile": None,
+    "kafka_ssl_keyfile": None,
+    "kafka_ssl_check_hostname": True,
+}
+
+
 def document(settings: Settings | None = None) -> dict[str, Any]:
     """Channels, messages and operations of the worker; builds the app without connecting anything."""
     from .worker import build_app
 
-    # The committed document names the contract's topics: no prefix, whatever the environment says.
-    rt = build_runtime(settings or Settings(kafka_bootstrap_servers="kafka:9092", topic_prefix=""))
+    # The committed document names the contract's topics (no prefix) and a plain Kafka server,
+    # whatever the environment says.
+    rt = build_runtime(settings or Settings(_env_file=None, **_DOCUMENTED))
     build_app(rt)
     spec = AsyncAPI(
         rt.broker,
@@ -80,7 +96,12 @@ def _inbound_payloads(doc: dict[str, Any], models: dict[str, type[BaseModel]]) -
 
 
 def main(out: str | None) -> int:
-    text = orjson.dumps(document(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    try:
+        doc = document()
+    except ValidationError as exc:
+        print(f"sessionpulse asyncapi: invalid configuration: {describe_invalid(exc)}", file=sys.stderr)
+        return 1
+    text = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
     if out is None:
         print(text.decode(), end="")
     else:

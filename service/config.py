@@ -6,7 +6,7 @@ import json
 from functools import cached_property
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,6 +62,17 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: str | None = None  # its private key, when not in the certificate file
     kafka_ssl_check_hostname: bool = True
 
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _names_in_upper_case(cls, v: object, info: ValidationInfo) -> object:
+        # `ssl`, ` SASL_SSL`: the names Kafka's own clients take, in any case. Blank: the default.
+        if not isinstance(v, str):
+            return v
+        v = v.strip().upper()
+        if v:
+            return v
+        return "PLAINTEXT" if info.field_name == "kafka_security_protocol" else None
+
     @field_validator(
         "kafka_sasl_mechanism",
         "kafka_sasl_username",
@@ -101,6 +112,10 @@ class Settings(BaseSettings):
         if files and not protocol.endswith("SSL"):
             raise ValueError(
                 f"{', '.join(files)} set, but KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS (SSL or SASL_SSL does)"
+            )
+        if not self.kafka_ssl_check_hostname and not protocol.endswith("SSL"):
+            raise ValueError(
+                f"KAFKA_SSL_CHECK_HOSTNAME set, but KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS"
             )
         if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
             raise ValueError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE, the certificate it belongs to")

@@ -22,15 +22,15 @@ from pathlib import Path
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from service import constants as C
 from service.config import Settings
 from service.constants import Topics
 from service.core.timeutil import iso_ms
-from service.embedded import ensure_topics, free_port, start_kafka, topic_layout
-from service.runtime import build_runtime, kafka_client_options
+from service.embedded import ensure_topics, start_kafka, topic_layout
+from service.runtime import build_runtime, kafka_client_options, kafka_security
 from tests.integration.harness import WorkerProcess, peer_event, session_message, wait_for, worker_env
 from tests.tls_material import TlsFiles, write_tls_files
 
@@ -50,16 +50,25 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
+class _TlsProxy:
+    """TLS on 127.0.0.1:`port` (chosen by the system), relayed as plaintext to the broker on
+    `upstream` (set once the broker runs: the broker must advertise this proxy's port)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.upstream = 0
+
+
 @contextlib.asynccontextmanager
-async def _tls_proxy(files: TlsFiles, port: int, upstream: int) -> AsyncIterator[None]:
-    """TLS on 127.0.0.1:`port`, relayed as plaintext to the broker on `upstream`."""
+async def _tls_proxy(files: TlsFiles) -> AsyncIterator[_TlsProxy]:
+    proxy = _TlsProxy()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(files.cert, files.key)
     relays: set[asyncio.Future[object]] = set()
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", proxy.upstream)
         except OSError:
             writer.close()
             return
@@ -67,9 +76,10 @@ async def _tls_proxy(files: TlsFiles, port: int, upstream: int) -> AsyncIterator
         relays.add(both)
         both.add_done_callback(relays.discard)
 
-    server = await asyncio.start_server(relay, "127.0.0.1", port, ssl=context)
+    server = await asyncio.start_server(relay, "127.0.0.1", 0, ssl=context)
+    proxy.port = server.sockets[0].getsockname()[1]
     try:
-        yield
+        yield proxy
     finally:
         server.close()
         for both in list(relays):
@@ -81,10 +91,10 @@ async def _tls_proxy(files: TlsFiles, port: int, upstream: int) -> AsyncIterator
 async def tls_kafka(tmp_path: Path) -> AsyncIterator[tuple[str, TlsFiles]]:
     """A fresh broker reachable only over TLS: its bootstrap address and the CA to trust."""
     files = write_tls_files(tmp_path)
-    port = free_port()
-    with start_kafka(advertised_port=port) as broker:
-        async with _tls_proxy(files, port, broker.port):
-            yield f"127.0.0.1:{port}", files
+    async with _tls_proxy(files) as proxy:  # bound first, so the broker cannot take its port
+        with start_kafka(advertised_port=proxy.port) as broker:
+            proxy.upstream = broker.port
+            yield f"127.0.0.1:{proxy.port}", files
 
 
 async def _stop(worker: WorkerProcess, within: float = 40.0) -> int:
@@ -93,7 +103,10 @@ async def _stop(worker: WorkerProcess, within: float = 40.0) -> int:
     worker.proc.send_signal(signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         await asyncio.to_thread(worker.proc.wait, within)
-    return worker.stop()  # closes its log (and kills it if it is still running)
+    if worker.alive():
+        worker.proc.kill()  # not worker.stop()'s wait, which would block the proxy's loop
+        await asyncio.to_thread(worker.proc.wait, 10)
+    return worker.stop()  # only closes its log now
 
 
 def _tls_settings(bootstrap: str, files: TlsFiles, **more: object) -> Settings:
@@ -122,10 +135,12 @@ async def test_a_worker_consumes_commits_and_publishes_over_tls(
         (topics.rtk_sessions, session_message(sid, "ENDED", T0, T0 + 120_000, T0 + 120_000)),
     ]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, **options)
+    ends: dict[TopicPartition, int] = {}  # the offset after each partition's last record
     await producer.start()
     try:
         for topic, message in log:
-            await producer.send_and_wait(topic, orjson.dumps(message), key=sid.encode())
+            sent = await producer.send_and_wait(topic, orjson.dumps(message), key=sid.encode())
+            ends[TopicPartition(sent.topic, sent.partition)] = sent.offset + 1
     finally:
         await producer.stop()
 
@@ -137,6 +152,11 @@ async def test_a_worker_consumes_commits_and_publishes_over_tls(
     summaries = AIOKafkaConsumer(
         topics.summaries, bootstrap_servers=bootstrap, auto_offset_reset="earliest", **options
     )
+    # A consumer of the worker's group that never joins it: it reads the committed offsets.
+    offsets = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=env["CONSUMER_GROUP"], enable_auto_commit=False, **options
+    )
+    await offsets.start()
     try:
 
         async def ended() -> bool:
@@ -149,18 +169,36 @@ async def test_a_worker_consumes_commits_and_publishes_over_tls(
         summary = orjson.loads(record.value)
         assert (summary["session_id"], summary["ended_at"]) == (sid, iso_ms(T0 + 120_000))
         assert summary["minutes_consumed"] == 1.0
+
+        async def committed() -> bool:
+            return all([await offsets.committed(tp) == end for tp, end in ends.items()])
+
+        await wait_for(committed, 30, "the worker's offsets committed over TLS")
     finally:
         await summaries.stop()
+        await offsets.stop()
         assert await _stop(worker) == 0, worker.log_text()
         await redis.aclose()
     assert "waiting for Kafka" not in worker.log_text()
 
 
 async def test_a_broker_whose_certificate_is_not_trusted_is_refused(tls_kafka: tuple[str, TlsFiles]) -> None:
-    """Without the test CA (the system's trust store only) the TLS handshake fails: the
-    broker's certificate is verified, not merely used for encryption."""
-    bootstrap, _ = tls_kafka
-    rt = build_runtime(Settings(kafka_bootstrap_servers=bootstrap, kafka_security_protocol="SSL"))
+    """Without the test CA (the system's trust store only) the TLS handshake fails on the
+    certificate: it is verified, not merely used for encryption. With the CA it succeeds."""
+    bootstrap, files = tls_kafka
+    host, port = bootstrap.split(":")
+    untrusting = Settings(kafka_bootstrap_servers=bootstrap, kafka_security_protocol="SSL")
+    for settings, trusted in ((untrusting, False), (_tls_settings(bootstrap, files), True)):
+        security = kafka_security(settings)
+        assert security is not None and security.ssl_context is not None
+        if trusted:
+            _, writer = await asyncio.open_connection(host, int(port), ssl=security.ssl_context)
+            writer.close()
+        else:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await asyncio.open_connection(host, int(port), ssl=security.ssl_context)
+    # The service's own clients give up on that broker.
+    rt = build_runtime(untrusting)
     try:
         with pytest.raises(KafkaConnectionError):
             await asyncio.wait_for(rt.connect_broker(), 30)

@@ -110,6 +110,10 @@ def test_sasl_gives_every_client_the_mechanism_and_credentials(
             {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_KEYFILE": "/k.pem"},
             "KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE",
         ),
+        (
+            {"KAFKA_SSL_CHECK_HOSTNAME": "false"},
+            "KAFKA_SSL_CHECK_HOSTNAME set, but KAFKA_SECURITY_PROTOCOL=PLAINTEXT",
+        ),
         ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "kafka_security_protocol"),
         (
             {
@@ -129,6 +133,21 @@ def test_settings_that_do_not_go_together_are_refused_by_name(
         monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=message):
         Settings()
+
+
+def test_names_are_taken_in_any_case_and_a_blank_protocol_is_plaintext(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", " sasl_ssl ")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "scram-sha-256")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "x")
+    settings = Settings()
+    assert (settings.kafka_security_protocol, settings.kafka_sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-256")
+    for name in ("KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "")
+    assert Settings().kafka_security_protocol == "PLAINTEXT"
 
 
 def test_blank_variables_are_unset(monkeypatch: pytest.MonkeyPatch) -> None:
