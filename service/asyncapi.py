@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,104 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
     ).to_specification()
     jsonable: dict[str, Any] = spec.to_jsonable()
     _inbound_payloads(jsonable, {rt.topics.name(topic): model for topic, model in INBOUND.items()})
+    _keys_and_headers(jsonable, {rt.topics.name(topic): headers for topic, headers in HEADERS.items()})
+    _portable_names(jsonable)
     return jsonable
+
+
+# What FastStream does not describe: every message's key (CONTRACT 2) and the headers the
+# worker sets on what it publishes (section 2; the dead letters' in the README).
+KEY = {
+    "type": "string",
+    "description": "The session id the message belongs to (a Livepeer webhook about a stream rather than"
+    " a session: the stream id; a dead letter: the key of the message it holds).",
+}
+
+
+def _string_headers(required: dict[str, str], optional: dict[str, str] | None = None) -> dict[str, Any]:
+    fields = required | (optional or {})
+    return {
+        "type": "object",
+        "properties": {name: {"type": "string", "description": text} for name, text in fields.items()},
+        "required": list(required),
+    }
+
+
+_DELIVERY = {
+    "message_id": "The message's deterministic id, the same on every copy: `<session id>:summary` or"
+    " `<session id>:transcript-ready` (also in the value).",
+    "revision": "The revision, in decimal (also in the value); consumers keep the highest per message_id.",
+}
+_CORRELATION = {"correlation_id": "`<message_id>:<revision>`, the same on every copy (FastStream's header)."}
+HEADERS: dict[str, dict[str, Any]] = {
+    C.SUMMARIES: _string_headers(_DELIVERY, _CORRELATION),
+    C.TRANSCRIPT_READY: _string_headers(_DELIVERY, _CORRELATION),
+    C.DEAD_LETTER: _string_headers(
+        {
+            "x-error-type": "Why the message was refused, as a short name (e.g. `invalid_json`).",
+            "x-error-message": "What is wrong with it, in words (at most 1,000 characters).",
+            "x-source-topic": "The topic it was read from.",
+            "x-source-partition": "Its partition there, in decimal.",
+            "x-source-offset": "Its offset there, in decimal.",
+        },
+        {
+            "x-value-omitted": "Set when the value did not fit with these headers: the value is empty; read it at the source."
+        },
+    ),
+}
+
+
+def _keys_and_headers(doc: dict[str, Any], headers: dict[str, dict[str, Any]]) -> None:
+    """Give every message its Kafka key, and the outbound ones their headers (`headers`, by the
+    topic's name as deployed)."""
+    messages = doc["components"]["messages"]
+    for channel in doc["channels"].values():
+        for ref in channel["messages"].values():
+            message = messages[ref["$ref"].rsplit("/", 1)[1]]
+            message["bindings"] = {"kafka": {"key": KEY, "bindingVersion": "0.4.0"}}
+            if (wanted := headers.get(channel["address"])) is not None:
+                message["headers"] = wanted
+
+
+NAME = re.compile(r"^[a-zA-Z0-9.\-_]+$")
+
+
+def _portable_names(doc: dict[str, Any]) -> None:
+    """FastStream names channels, operations and components `<group>:<topic>:<kind>`; AsyncAPI
+    3.0 allows only letters, digits, `.`, `-` and `_` there, and its JSON Schema silently skips
+    an entry named otherwise. The `:` become `.`, in the names and in every `$ref`."""
+
+    def portable(name: str) -> str:
+        new = name.replace(":", ".")
+        if not NAME.match(new):
+            raise ValueError(f"{name!r} is no AsyncAPI 3.0 component name")
+        return new
+
+    def rename(mapping: dict[str, Any]) -> dict[str, Any]:
+        renamed = {portable(name): value for name, value in mapping.items()}
+        if len(renamed) != len(mapping):
+            raise ValueError(f"two names become one: {sorted(mapping)}")
+        return renamed
+
+    doc["channels"] = rename(doc["channels"])
+    for channel in doc["channels"].values():
+        channel["messages"] = rename(channel["messages"])
+    doc["operations"] = rename(doc["operations"])
+    for kind in ("messages", "schemas"):
+        doc["components"][kind] = rename(doc["components"][kind])
+
+    def refs(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "$ref" and isinstance(value, str) and value.startswith("#/"):
+                    node[key] = "#/" + "/".join(portable(part) for part in value[2:].split("/"))
+                else:
+                    refs(value)
+        elif isinstance(node, list):
+            for item in node:
+                refs(item)
+
+    refs(doc)
 
 
 def _inbound_payloads(doc: dict[str, Any], models: dict[str, type[BaseModel]]) -> None:
