@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     outbox_interval_seconds: float = Field(default=0.5, gt=0)
     outbox_quiet_seconds: float = Field(default=1.0, ge=0)
     redis_retry_max_seconds: float = Field(default=30.0, gt=0)
+    # Offsets are committed (and outbound messages published) only once this many replicas
+    # have the writes; 0: once the primary has them. WAIT gives up after the timeout, which
+    # stays below the client's 10 s socket timeout.
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=9000)
     webhook_dedupe_ttl_seconds: int = Field(default=86_400, gt=0)
     metrics_port: int = Field(default=9464, ge=0, le=65535)  # the worker's /metrics; 0: none
     # Static group membership: a stable id per worker (e.g. a StatefulSet pod name) lets it
@@ -86,6 +91,14 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, v: object) -> object:
         # A variable set to nothing (a template's `KAFKA_SSL_CAFILE=`) means unset.
         return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _no_wait_on_a_cluster(self) -> Settings:
+        if self.redis_wait_replicas and self.redis_cluster:
+            raise ValueError(
+                "REDIS_WAIT_REPLICAS is not supported with REDIS_CLUSTER (a WAIT per primary is not implemented)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _kafka_security_is_whole(self) -> Settings:

@@ -101,6 +101,9 @@ IDX_SESSIONS = f"{KEY_PREFIX}:idx:sessions"  # ZSET session id by started_at ms
 IDX_LIVE = f"{KEY_PREFIX}:idx:live"  # ZSET live session id by newest event ms
 WEBHOOK_SEEN = f"{KEY_PREFIX}:webhook"  # STRING <this>:<provider>:<delivery id>, set once published
 OUTBOX = f"{KEY_PREFIX}:outbox"  # ZSET session id with outbound messages due, by change counter
+# STRING, a counter: written before each WAIT for replicas (REDIS_WAIT_REPLICAS), so that the
+# WAIT covers every write made before it.
+REPLICATED = f"{KEY_PREFIX}:replicated"
 
 
 # Livepeer stream sessions (CONTRACT 4.3): their own keys and indexes, apart from the

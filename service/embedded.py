@@ -287,22 +287,29 @@ def _valkey_argv(binary: str, port: int, directory: Path) -> list[str]:
 
 
 def start_redis(
-    port: int | None = None, *, appendonly: bool = False, data_dir: str | None = None
+    port: int | None = None,
+    *,
+    appendonly: bool = False,
+    data_dir: str | None = None,
+    replica_of: int | None = None,
 ) -> RedisServer:
     """Start valkey-server on 127.0.0.1 and wait for PING.
 
     `appendonly` with a `data_dir` that outlives the server lets a test restart
-    it and find its data again (fsync every write, for crash tests).
+    it and find its data again (fsync every write, for crash tests). `replica_of`: the port
+    of a server on 127.0.0.1 to replicate (it answers PING before it has synced).
     """
     binary = _valkey_binary()
     if data_dir is not None:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
 
     def argv(p: int, directory: Path) -> list[str]:
+        replica = ["--replicaof", "127.0.0.1", str(replica_of)] if replica_of is not None else []
         return [
             *_valkey_argv(binary, p, directory),
             "--appendonly", "yes" if appendonly else "no",
             "--appendfsync", "always",
+            *replica,
         ]  # fmt: skip
 
     return _start(RedisServer, "valkey", argv, _redis_answers, port, data_dir)

@@ -323,6 +323,10 @@ class Outbox:
             unfinished[sid] += len(built)
 
         outcomes = await self.store.commit_revisions(commits, src.state_key)
+        # Every copy of a revision is the stored bytes: with REDIS_WAIT_REPLICAS, none goes out
+        # before replicas have them (a failover could otherwise lose a published revision).
+        if commits:
+            await self.store.replicated()
         sends: list[tuple[str, Channel, int, bytes, bool]] = []  # session, channel, rev, body, was pending
         for (sid, name, *_), (kind, rev, body) in zip(commits, outcomes, strict=True):
             if kind == "retry":

@@ -232,6 +232,11 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
         settings=settings,
         topics=Topics(settings.topic_prefix),
         redis=redis,
-        store=Store(redis, retention_ms=settings.retention_ms),
+        store=Store(
+            redis,
+            retention_ms=settings.retention_ms,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        ),
         broker=build_broker(settings),
     )

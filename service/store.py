@@ -190,9 +190,34 @@ async def pipeline_replies(redis: Redis, commands: Sequence[Sequence[Any]]) -> l
 class Store:
     """Session state in Redis. Every method is safe to repeat: callers retry whole batches."""
 
-    def __init__(self, redis: Redis, *, retention_ms: int) -> None:
+    def __init__(
+        self, redis: Redis, *, retention_ms: int, wait_replicas: int = 0, wait_timeout_ms: int = 1000
+    ) -> None:
         self.redis = redis
         self.retention_ms = retention_ms
+        self.wait_replicas = wait_replicas  # REDIS_WAIT_REPLICAS; 0: replicated() waits for nothing
+        self.wait_timeout_ms = wait_timeout_ms
+
+    async def replicated(self) -> None:
+        """Return once `wait_replicas` replicas have every write Redis acknowledged before this
+        call; StoreUnavailable when fewer have it after `wait_timeout_ms` (the caller retries
+        and commits nothing meanwhile). Nothing to wait for with `wait_replicas` 0.
+
+        WAIT counts the replicas that have the calling connection's own last write. Every write
+        made before this call has had its reply, so the primary ran it before the INCR sent
+        here, and a replica that has the INCR has them all (a replication stream is in order).
+        """
+        if self.wait_replicas <= 0:
+            return
+        pipe = self.redis.pipeline(transaction=False)  # one connection: the INCR, then its WAIT
+        pipe.incr(C.REPLICATED)
+        pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        _, acknowledged = await execute(pipe)
+        if int(acknowledged) < self.wait_replicas:
+            raise StoreUnavailable(
+                f"Redis replicated the writes to {acknowledged} of {self.wait_replicas} replicas"
+                f" (REDIS_WAIT_REPLICAS) within {self.wait_timeout_ms} ms"
+            )
 
     async def load_scripts(self) -> None:
         try:

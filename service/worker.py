@@ -310,6 +310,9 @@ class Worker:
         if batch.bad:
             await self.dead_letter(batch.bad)
         due = await store.update_indexes(results)
+        # With REDIS_WAIT_REPLICAS, the batch is done (and committed) only once replicas have it:
+        # a failover then loses nothing whose offsets are committed.
+        await store.replicated()
         if due:
             self.outbox.note({sid: (results[sid].ver, results[sid].last_ms) for sid in due})
             self.outbox.wake.set()
