@@ -212,7 +212,10 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)  # one connection: the INCR, then its WAIT
         pipe.incr(C.REPLICATED)
         pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-        _, acknowledged = await execute(pipe)
+        try:
+            _, acknowledged = await execute(pipe)
+        except rexc.ReadOnlyError as exc:  # a primary demoted by a failover
+            raise StoreUnavailable(f"Redis refused the write (a replica now): {exc}") from exc
         if int(acknowledged) < self.wait_replicas:
             raise StoreUnavailable(
                 f"Redis replicated the writes to {acknowledged} of {self.wait_replicas} replicas"

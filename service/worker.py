@@ -18,7 +18,7 @@ import gc
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from typing import Any, cast
@@ -79,6 +79,10 @@ class Batch:
     value_bytes: int = 0  # of the records' values
     # Its script calls, started while the batch before it finished (Worker._start_next_calls).
     early: asyncio.Task[dict[str, Applied]] | None = None
+    # What the first attempt whose calls all replied found (letters by session, reports stored,
+    # stream letters): a retry applies the batch anew (a failover may have lost its writes),
+    # finds its own facts known, and counts from these instead.
+    counted: tuple[dict[str, str], list[bool], dict[str, str]] | None = None
 
     def merge(self, later: Batch) -> None:
         """Append a later batch: each session's commands stay in record order."""
@@ -288,11 +292,19 @@ class Worker:
             results = await early if early is not None else await store.apply(batch.by_session)
             self._start_next_calls()
         stored = await store.put_reports([r for _, r in batch.reports])
+        stream_results = await self.streams.apply(batch.streams) if batch.streams else {}
+        if batch.counted is None:
+            batch.counted = (
+                {sid: r.letters for sid, r in results.items()},
+                stored,
+                {sid: r.letters for sid, r in stream_results.items()},
+            )
+        counted_letters, counted_reports, counted_streams = batch.counted
         # Per record, by the letters of the facts it carried: a duplicate when every one was
         # known already, late after the end when one came after it.
         outcomes: Counter[tuple[str, str]] = Counter()
-        for sid, res in results.items():
-            sources, letters = batch.sources[sid], res.letters
+        for sid, letters in counted_letters.items():
+            sources = batch.sources[sid]
             if len(sources) == len(letters):  # one fact per record: the usual case
                 outcomes.update(zip(letters, map(_TOPIC, map(_RECORD, sources)), strict=True))
                 continue
@@ -304,25 +316,27 @@ class Worker:
             self.stats.add("duplicate" if letter == "D" else "applied", strip(topic), n)
             if letter == "L":
                 self.stats.add("late_after_end", strip(topic), n)
-        for (rec, _), new in zip(batch.reports, stored, strict=True):
+        for (rec, _), new in zip(batch.reports, counted_reports, strict=True):
             self.stats.add("applied" if new else "duplicate", self.topics.strip(rec.topic))
-        await self.process_streams(batch)
-        if batch.bad:
-            await self.dead_letter(batch.bad)
+        await self.process_streams(batch, stream_results, counted_streams)
         due = await store.update_indexes(results)
-        # With REDIS_WAIT_REPLICAS, the batch is done (and committed) only once replicas have it:
-        # a failover then loses nothing whose offsets are committed.
+        # With REDIS_WAIT_REPLICAS, the batch is done only once replicas have every write above
+        # (see README, Redis); a retry applies it again.
         await store.replicated()
+        if batch.bad:
+            await self.dead_letter(batch.bad)  # last: a retry before it publishes none twice
         if due:
             self.outbox.note({sid: (results[sid].ver, results[sid].last_ms) for sid in due})
             self.outbox.wake.set()
 
-    async def process_streams(self, batch: Batch) -> None:
-        """Livepeer snapshots and webhooks; `stream.idle` ends the parent stream's sessions."""
+    async def process_streams(
+        self, batch: Batch, results: dict[str, StreamApplied], counted: Mapping[str, str]
+    ) -> None:
+        """Livepeer snapshots and webhooks, applied already (`results`; `counted`: the letters to
+        count them by); `stream.idle` ends the parent stream's sessions."""
         streams = self.streams
-        results = await streams.apply(batch.streams) if batch.streams else {}
-        for sid, res in results.items():
-            for rec, letter in zip(batch.stream_sources[sid], res.letters, strict=True):
+        for sid, letters in counted.items():
+            for rec, letter in zip(batch.stream_sources[sid], letters, strict=True):
                 self.stats.add("duplicate" if letter == "D" else "applied", self.topics.strip(rec.topic))
         for rec in batch.ignored:
             self.stats.add("applied", self.topics.strip(rec.topic))
