@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,16 +115,21 @@ HEADERS: dict[str, dict[str, Any]] = {
 }
 
 
-def _keys_and_headers(doc: dict[str, Any], headers: dict[str, dict[str, Any]]) -> None:
-    """Give every message its Kafka key, and the outbound ones their headers (`headers`, by the
-    topic's name as deployed)."""
+def _channel_messages(doc: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each channel with each of its messages, as components.messages holds them."""
     messages = doc["components"]["messages"]
     for channel in doc["channels"].values():
         for ref in channel["messages"].values():
-            message = messages[ref["$ref"].rsplit("/", 1)[1]]
-            message["bindings"] = {"kafka": {"key": KEY, "bindingVersion": "0.4.0"}}
-            if (wanted := headers.get(channel["address"])) is not None:
-                message["headers"] = wanted
+            yield channel, messages[ref["$ref"].rsplit("/", 1)[1]]
+
+
+def _keys_and_headers(doc: dict[str, Any], headers: dict[str, dict[str, Any]]) -> None:
+    """Give every message its Kafka key, and the outbound ones their headers (`headers`, by the
+    topic's name as deployed)."""
+    for channel, message in _channel_messages(doc):
+        message["bindings"] = {"kafka": {"key": KEY, "bindingVersion": "0.4.0"}}
+        if (wanted := headers.get(channel["address"])) is not None:
+            message["headers"] = wanted
 
 
 NAME = re.compile(r"^[a-zA-Z0-9.\-_]+$")
@@ -171,20 +177,17 @@ def _inbound_payloads(doc: dict[str, Any], models: dict[str, type[BaseModel]]) -
     """Point each inbound channel's message at its topic's model (`models`, by the topic's
     name as deployed, its prefix included), in components.schemas."""
     schemas = doc["components"]["schemas"]
-    messages = doc["components"]["messages"]
     replaced = set()
-    for channel in doc["channels"].values():
+    for channel, message in _channel_messages(doc):
         model = models.get(channel["address"])
         if model is None:
             continue
-        for ref in channel["messages"].values():
-            message = messages[ref["$ref"].rsplit("/", 1)[1]]
-            replaced.add(message["payload"]["$ref"].rsplit("/", 1)[1])
-            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            for name, sub in [*schema.pop("$defs", {}).items(), (model.__name__, schema)]:
-                if schemas.setdefault(name, sub) != sub:
-                    raise ValueError(f"two schemas named {name!r} in the AsyncAPI document")
-            message["payload"] = {"$ref": f"#/components/schemas/{model.__name__}"}
+        replaced.add(message["payload"]["$ref"].rsplit("/", 1)[1])
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in [*schema.pop("$defs", {}).items(), (model.__name__, schema)]:
+            if schemas.setdefault(name, sub) != sub:
+                raise ValueError(f"two schemas named {name!r} in the AsyncAPI document")
+        message["payload"] = {"$ref": f"#/components/schemas/{model.__name__}"}
     # The placeholder FastStream wrote for the raw records, unless a channel without a model
     # still points at it.
     text = orjson.dumps(doc).decode()

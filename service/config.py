@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .errors import ConfigurationError
+
 
 class Settings(BaseSettings):
     """Every variable the service reads; README's configuration table mirrors this class."""
@@ -120,15 +122,13 @@ class Settings(BaseSettings):
             "KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
             "KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
             "KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+            "KAFKA_SSL_CHECK_HOSTNAME": None if self.kafka_ssl_check_hostname else False,  # set: turned off
         }
-        files = [name for name, value in tls.items() if value is not None]
-        if files and not protocol.endswith("SSL"):
+        if not protocol.endswith("SSL") and (
+            given := [name for name, value in tls.items() if value is not None]
+        ):
             raise ValueError(
-                f"{', '.join(files)} set, but KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS (SSL or SASL_SSL does)"
-            )
-        if not self.kafka_ssl_check_hostname and not protocol.endswith("SSL"):
-            raise ValueError(
-                f"KAFKA_SSL_CHECK_HOSTNAME set, but KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS"
+                f"{', '.join(given)} set, but KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS (SSL or SASL_SSL does)"
             )
         if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
             raise ValueError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE, the certificate it belongs to")
@@ -175,9 +175,12 @@ class Settings(BaseSettings):
         return self.retention_seconds * 1000
 
 
-def describe_invalid(exc: ValidationError) -> str:
+def describe_invalid(exc: ValidationError | ConfigurationError) -> str:
     """Why settings were refused, one `NAME: reason` per problem, without the values given:
-    pydantic's own message repeats them, and they may be secrets (KAFKA_SASL_PASSWORD)."""
+    pydantic's own message repeats them, and they may be secrets (KAFKA_SASL_PASSWORD). A
+    ConfigurationError names its setting already."""
+    if isinstance(exc, ConfigurationError):
+        return str(exc)
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
         name = "_".join(str(part) for part in error["loc"]).upper()

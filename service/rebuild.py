@@ -226,8 +226,7 @@ def main_rebuild(*, clear_redis: bool, join_timeout_s: float) -> int:
         settings = Settings()
         kafka_client_options(settings)  # its files load, before anything is changed
     except (ValidationError, ConfigurationError) as exc:
-        why = describe_invalid(exc) if isinstance(exc, ValidationError) else str(exc)
-        _err(f"rebuild: invalid configuration: {why}")
+        _err(f"rebuild: invalid configuration: {describe_invalid(exc)}")
         return FAILED
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(rebuild(settings, clear_redis=clear_redis, join_timeout_s=join_timeout_s))

@@ -219,10 +219,8 @@ def runtime_or_exit(command: str) -> Runtime:
     process with a message naming them (exit code 1), not a traceback."""
     try:
         return build_runtime()
-    except ValidationError as exc:
+    except (ValidationError, ConfigurationError) as exc:
         raise SystemExit(f"sessionpulse {command}: invalid configuration: {describe_invalid(exc)}") from None
-    except ConfigurationError as exc:
-        raise SystemExit(f"sessionpulse {command}: invalid configuration: {exc}") from None
 
 
 def build_runtime(settings: Settings | None = None) -> Runtime:

@@ -288,8 +288,8 @@ class Store:
         The calls go out in pipelines of about APPLY_CHUNK_COMMANDS commands, each on its own
         connection, one after the other without waiting for replies: Redis normally starts on
         the first while the worker still builds and encodes the next (see below), and each
-        pipeline's replies are read as they come. The sessions are distinct, so the order in which Redis runs the
-        pipelines does not matter.
+        pipeline's replies are read as they come. The sessions are distinct, so the order in
+        which Redis runs the pipelines does not matter.
         """
         parts: list[list[str]] = [[]]
         size = 0
